@@ -1,0 +1,1 @@
+"""Code the three groker services share: the pooled HTTP client, health routes, logging."""

@@ -1,0 +1,1 @@
+"""groker's broker: one FIFO queue fanned out to webhook subscribers."""

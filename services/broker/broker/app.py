@@ -1,0 +1,25 @@
+"""The broker's app factory: gunicorn runs `broker.app:create_app()` in its one worker."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from broker.core import Broker
+from broker.routes import api
+from broker.settings import BrokerSettings
+from groker_common.logs import configure_logging
+from groker_common.web import health_blueprint, install_json_errors
+
+
+def create_app(settings: BrokerSettings | None = None) -> Flask:
+    settings = settings or BrokerSettings()
+    configure_logging("broker", settings.log_level)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    broker = Broker(settings)
+    app.extensions["groker"] = broker
+    install_json_errors(app)
+    app.register_blueprint(health_blueprint(lambda: broker.ready and not broker.draining))
+    app.register_blueprint(api)
+    broker.start()
+    return app

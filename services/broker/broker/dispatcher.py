@@ -1,0 +1,54 @@
+"""Moves messages from the head of the queue into the subscribers' lanes, in seq order."""
+
+from __future__ import annotations
+
+import logging
+
+import gevent
+import gevent.event
+
+from broker.registry import SubscriberRegistry
+from broker.store import MessageStore
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """One greenlet: while there is a queued message and at least one subscriber, take the
+    head, fix its delivery set (the subscribers present now) and hand it to their lanes.
+
+    Handing over, not waiting for delivery: each lane delivers in order on its own, so a
+    slow subscriber holds back only itself (and the dispatcher only while its lane is full).
+    """
+
+    def __init__(self, store: MessageStore, registry: SubscriberRegistry) -> None:
+        self._store = store
+        self._registry = registry
+        self._wakeup = gevent.event.Event()
+        self._greenlet: gevent.Greenlet | None = None
+
+    def wake(self) -> None:
+        """Something changed: a message was queued or a subscriber joined."""
+        self._wakeup.set()
+
+    def start(self) -> None:
+        self._greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill()
+
+    def _run(self) -> None:
+        while True:
+            message = self._store.head()
+            lanes = self._registry.lanes()
+            if message is None or not lanes:
+                # Cooperative scheduling: nothing ran between the check and the clear,
+                # so a wake() cannot be lost here.
+                self._wakeup.clear()
+                self._wakeup.wait()
+                continue
+            self._store.take_head()
+            message.begin_publication([lane.subscriber.id for lane in lanes])
+            for lane in lanes:
+                lane.put(message)

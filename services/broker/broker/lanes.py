@@ -1,0 +1,145 @@
+"""One ordered delivery lane per subscriber.
+
+Each subscriber gets its own bounded queue and greenlet, so a slow or hung subscriber delays
+only itself: the others keep receiving, and the dispatcher waits on a full lane at most as
+long as it takes to give up on that subscriber (the delivery timeout)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import gevent
+import gevent.queue
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from broker.counters import Counters
+from broker.messages import Message
+from broker.registry import Subscriber
+from broker.settings import BrokerSettings
+from groker_common.http import HttpPool
+
+log = logging.getLogger(__name__)
+
+DELIVERY_HEADERS = {"Content-Type": "application/json", "User-Agent": "groker"}
+
+
+class Unreachable(Exception):
+    """Connection refused or reset, timeout, or 5xx: worth another quick attempt."""
+
+
+class Gone(Exception):
+    """410 Gone: the subscriber asked to be removed."""
+
+
+class Lane:
+    def __init__(
+        self,
+        subscriber: Subscriber,
+        http: HttpPool,
+        settings: BrokerSettings,
+        counters: Counters,
+        on_published: Callable[[Message], None],
+        on_unreachable: Callable[[str, str], None],
+    ) -> None:
+        self.subscriber = subscriber
+        self._http = http
+        self._timeout = settings.attempt_timeout
+        self._counters = counters
+        self._on_published = on_published
+        self._on_unreachable = on_unreachable
+        self._queue: gevent.queue.Queue[Message] = gevent.queue.Queue(settings.lane_capacity)
+        # One Retrying per lane: tenacity keeps per-call state on the object, and a lane
+        # makes one call at a time.
+        self._retrying = Retrying(
+            stop=stop_after_attempt(settings.delivery_attempts)
+            | stop_after_delay(settings.delivery_timeout),
+            wait=wait_exponential(multiplier=0.05, max=0.5),
+            retry=retry_if_exception_type(Unreachable),
+            sleep=gevent.sleep,
+            reraise=True,
+        )
+        self._current: Message | None = None
+        self.closed = False
+        self._greenlet = gevent.spawn(self._run)
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    def put(self, message: Message) -> None:
+        """Hand a message to this lane; blocks while the lane is full."""
+        if not self.closed:
+            self._queue.put(message)
+        if self.closed:
+            # Closed before or while we waited for room: nobody will deliver it.
+            self._drain()
+
+    def close(self) -> None:
+        """Stop delivering; whatever this lane still holds counts as failed for it."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._greenlet is not gevent.getcurrent():
+            self._greenlet.kill(block=False)
+        if self._current is not None:
+            self._resolve(self._current, delivered=False)
+        self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                message = self._queue.get_nowait()
+            except gevent.queue.Empty:
+                return
+            self._resolve(message, delivered=False)
+
+    def _resolve(self, message: Message, delivered: bool) -> None:
+        if delivered:
+            self._counters.delivered += 1
+        else:
+            self._counters.failed += 1
+        if message.resolve(self.subscriber.id, delivered):
+            self._on_published(message)
+
+    def _run(self) -> None:
+        while not self.closed:
+            message = self._current = self._queue.get()
+            try:
+                status = self._retrying(self._post, message)
+            except Gone:
+                reason = "410 Gone"
+            except Unreachable as exc:
+                reason = str(exc)
+            else:
+                self._current = None
+                if status >= 300:
+                    log.warning(
+                        "subscriber %s refused seq %d with HTTP %d",
+                        self.subscriber.id,
+                        message.seq,
+                        status,
+                    )
+                self._resolve(message, delivered=status < 300)
+                continue
+            self._on_unreachable(self.subscriber.id, reason)
+            return
+
+    def _post(self, message: Message) -> int:
+        try:
+            status, _ = self._http.request(
+                "POST", self.subscriber.callback, message.payload, DELIVERY_HEADERS, self._timeout
+            )
+        except Exception as exc:  # any transport failure means the same: not reached
+            raise Unreachable(f"{type(exc).__name__}: {exc}") from exc
+        if status == 410:
+            raise Gone()
+        if status >= 500:
+            raise Unreachable(f"HTTP {status}")
+        return status

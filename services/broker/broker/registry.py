@@ -1,0 +1,84 @@
+"""Who is subscribed right now, each with the lane that delivers to it."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from broker.counters import Counters
+
+if TYPE_CHECKING:
+    from broker.lanes import Lane
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Subscriber:
+    callback: str
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    created_at: float = field(default_factory=time.time)
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "callback": self.callback, "created_at": self.created_at}
+
+
+class SubscriberRegistry:
+    def __init__(
+        self,
+        open_lane: Callable[[Subscriber], Lane],
+        on_subscribed: Callable[[], None],
+        counters: Counters,
+    ) -> None:
+        self._open_lane = open_lane
+        self._on_subscribed = on_subscribed
+        self._counters = counters
+        self._lanes: dict[str, Lane] = {}
+        self._by_callback: dict[str, str] = {}
+
+    def subscribe(self, callback: str) -> tuple[Subscriber, bool]:
+        """Register a callback; the same callback again is the same subscription (False)."""
+        existing = self._by_callback.get(callback)
+        if existing is not None:
+            return self._lanes[existing].subscriber, False
+        subscriber = Subscriber(callback)
+        self._lanes[subscriber.id] = self._open_lane(subscriber)
+        self._by_callback[callback] = subscriber.id
+        log.info("subscribed %s %s", subscriber.id, callback)
+        self._on_subscribed()
+        return subscriber, True
+
+    def unsubscribe(self, subscriber_id: str, reason: str | None = None) -> bool:
+        """Remove a subscriber: at its own request (no reason) or because it failed."""
+        lane = self._lanes.pop(subscriber_id, None)
+        if lane is None:
+            return False
+        self._by_callback.pop(lane.subscriber.callback, None)
+        if reason is None:
+            self._counters.unsubscribed += 1
+            log.info("unsubscribed %s %s", subscriber_id, lane.subscriber.callback)
+        else:
+            self._counters.removed += 1
+            log.warning("removed %s %s: %s", subscriber_id, lane.subscriber.callback, reason)
+        lane.close()
+        return True
+
+    def get(self, subscriber_id: str) -> Subscriber | None:
+        lane = self._lanes.get(subscriber_id)
+        return lane.subscriber if lane else None
+
+    def lanes(self) -> list[Lane]:
+        return list(self._lanes.values())
+
+    def __len__(self) -> int:
+        return len(self._lanes)
+
+    def close(self) -> None:
+        for lane in self.lanes():
+            lane.close()
+        self._lanes.clear()
+        self._by_callback.clear()

@@ -1,0 +1,109 @@
+"""How a publisher hears that its message was published.
+
+Both modes share the queue, the dispatcher and the lanes; they differ only here. A
+`SyncSender` wakes the HTTP request that is still waiting; an `AsyncSender` POSTs a
+notification to the publisher's callback."""
+
+from __future__ import annotations
+
+import json
+import logging
+from abc import ABC, abstractmethod
+
+import gevent.event
+import gevent.lock
+import gevent.pool
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from broker.counters import Counters
+from broker.messages import Message
+from groker_common.http import JSON_HEADERS, HttpPool
+
+log = logging.getLogger(__name__)
+
+
+class Sender(ABC):
+    @abstractmethod
+    def on_published(self, message: Message) -> None:
+        """Called once, when every member of the message's delivery set is done."""
+
+
+class SyncSender(Sender):
+    def __init__(self) -> None:
+        self._published = gevent.event.Event()
+
+    def on_published(self, message: Message) -> None:
+        self._published.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Block this request's greenlet until published; False if the timeout came first."""
+        return self._published.wait(timeout)
+
+
+class AsyncSender(Sender):
+    def __init__(self, notifier: CallbackNotifier) -> None:
+        self._notifier = notifier
+
+    def on_published(self, message: Message) -> None:
+        if message.callback:
+            self._notifier.notify(message)
+
+
+class CallbackNotifier:
+    """Sends publish notifications off the delivery path: each in its own greenlet, a
+    bounded number at a time, retried a few times, then logged and counted."""
+
+    def __init__(
+        self,
+        http: HttpPool,
+        counters: Counters,
+        attempts: int,
+        timeout: float,
+        max_concurrent: int = 64,
+    ) -> None:
+        self._http = http
+        self._counters = counters
+        self._attempts = attempts
+        self._timeout = timeout
+        self._slots = gevent.lock.BoundedSemaphore(max_concurrent)
+        self._group = gevent.pool.Group()
+
+    def notify(self, message: Message) -> None:
+        assert message.callback is not None
+        body = json.dumps(message.outcome()).encode()
+        self._group.spawn(self._send, message.callback, body, message.id)
+
+    def _send(self, url: str, body: bytes, message_id: str) -> None:
+        retrying = Retrying(
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential(multiplier=0.2, max=2),
+            retry=retry_if_exception_type(OSError) | retry_if_result(lambda status: status >= 300),
+            sleep=gevent.sleep,
+        )
+        with self._slots:
+            try:
+                retrying(self._post, url, body)
+            except Exception as exc:  # RetryError or the last attempt's own error
+                self._counters.notifications_failed += 1
+                log.warning("notification for %s to %s failed: %s", message_id, url, exc)
+                return
+        self._counters.notifications_sent += 1
+
+    def _post(self, url: str, body: bytes) -> int:
+        try:
+            status, _ = self._http.request("POST", url, body, JSON_HEADERS, self._timeout)
+        except Exception as exc:
+            raise OSError(f"{type(exc).__name__}: {exc}") from exc
+        return status
+
+    def join(self, timeout: float | None = None) -> None:
+        self._group.join(timeout)
+
+    def close(self) -> None:
+        self._group.kill(block=False)

@@ -1,0 +1,102 @@
+"""Fixtures for the broker's unit tests: a real broker core and real HTTP subscribers.
+
+Everything here is gevent-native (pywsgi servers, geventhttpclient), so the tests need no
+monkey-patching: whenever the test's greenlet waits, the broker's greenlets run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+import gevent.event
+import pytest
+from gevent.pywsgi import WSGIServer
+
+from broker.app import create_app
+from broker.core import Broker
+from broker.settings import BrokerSettings
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    """Poll (yielding to the broker's greenlets) until predicate() is truthy."""
+    with gevent.Timeout(timeout, AssertionError(f"timed out waiting for {what}")):
+        while True:
+            result = predicate()
+            if result:
+                return result
+            gevent.sleep(0.005)
+
+
+@dataclass
+class Sink:
+    """A webhook receiver on loopback that records what it gets and answers as told."""
+
+    status: int = 200
+    hold: gevent.event.Event | None = None  # while set to an unset Event, requests hang
+    received: list[dict[str, Any]] = field(default_factory=list)
+    hits: int = 0
+    server: WSGIServer | None = None
+
+    def __call__(self, environ, start_response):
+        self.hits += 1
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        raw = environ["wsgi.input"].read(length)
+        if self.hold is not None:
+            self.hold.wait()
+        if 200 <= self.status < 300:
+            self.received.append(json.loads(raw))
+        start_response(f"{self.status} X", [("Content-Type", "application/json")])
+        return [b"{}"]
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_port}/hook"
+
+    @property
+    def seqs(self) -> list[int]:
+        return [m["seq"] for m in self.received]
+
+
+@pytest.fixture
+def make_sink() -> Iterator[Callable[..., Sink]]:
+    servers: list[WSGIServer] = []
+
+    def make(**kwargs: Any) -> Sink:
+        sink = Sink(**kwargs)
+        sink.server = WSGIServer(("127.0.0.1", 0), sink, log=None, error_log=None)
+        sink.server.start()
+        servers.append(sink.server)
+        return sink
+
+    yield make
+    for server in servers:
+        server.stop(timeout=0)
+
+
+@pytest.fixture
+def settings() -> BrokerSettings:
+    return BrokerSettings(delivery_timeout=1.0, sync_timeout=5.0, notify_timeout=1.0)
+
+
+@pytest.fixture
+def broker(settings: BrokerSettings) -> Iterator[Broker]:
+    core = Broker(settings)
+    core.start()
+    yield core
+    core.stop()
+
+
+@pytest.fixture
+def app(settings: BrokerSettings):
+    app = create_app(settings)
+    yield app
+    app.extensions["groker"].stop()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
