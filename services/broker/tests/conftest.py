@@ -91,10 +91,22 @@ def broker(settings: BrokerSettings) -> Iterator[Broker]:
 
 
 @pytest.fixture
-def app(settings: BrokerSettings):
-    app = create_app(settings)
-    yield app
-    app.extensions["groker"].stop()
+def make_app() -> Iterator[Callable[..., Any]]:
+    """Broker apps built with the given settings, each stopped after the test."""
+    apps = []
+
+    def make(settings: BrokerSettings):
+        apps.append(create_app(settings))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        app.extensions["groker"].stop()
+
+
+@pytest.fixture
+def app(make_app, settings: BrokerSettings):
+    return make_app(settings)
 
 
 @pytest.fixture

@@ -22,9 +22,7 @@ def test_every_subscriber_receives_every_message_in_seq_order(broker, make_sink)
     sinks = [make_sink() for _ in range(3)]
     for sink in sinks:
         broker.subscribe(sink.url)
-    messages = [
-        broker.publish({"n": n}, mode="sync" if n % 3 == 0 else "async") for n in range(60)
-    ]
+    messages = [broker.publish({"n": n}, mode="sync" if n % 3 == 0 else "async") for n in range(60)]
     assert [m.seq for m in messages] == list(range(1, 61))
     wait_until(lambda: all(len(s.received) == 60 for s in sinks), what="60 deliveries each")
     for sink in sinks:
