@@ -18,16 +18,7 @@ from gevent.pywsgi import WSGIServer
 from broker.app import create_app
 from broker.core import Broker
 from broker.settings import BrokerSettings
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    """Poll (yielding to the broker's greenlets) until predicate() is truthy."""
-    with gevent.Timeout(timeout, AssertionError(f"timed out waiting for {what}")):
-        while True:
-            result = predicate()
-            if result:
-                return result
-            gevent.sleep(0.005)
+from groker_common.testing import serve
 
 
 @dataclass
@@ -67,8 +58,7 @@ def make_sink() -> Iterator[Callable[..., Sink]]:
 
     def make(**kwargs: Any) -> Sink:
         sink = Sink(**kwargs)
-        sink.server = WSGIServer(("127.0.0.1", 0), sink, log=None, error_log=None)
-        sink.server.start()
+        sink.server, _ = serve(sink)
         servers.append(sink.server)
         return sink
 

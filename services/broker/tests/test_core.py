@@ -9,8 +9,7 @@ import pytest
 from broker.core import Broker, QueueFull
 from broker.senders import SyncSender
 from broker.settings import BrokerSettings
-
-from .conftest import wait_until
+from groker_common.testing import wait_until
 
 
 def published(broker: Broker, message_id: str) -> bool:

@@ -7,8 +7,7 @@ import json
 import pytest
 
 from broker.settings import BrokerSettings
-
-from .conftest import wait_until
+from groker_common.testing import wait_until
 
 BIG = 2 * 1024 * 1024
 

@@ -1,0 +1,1 @@
+"""groker's example subscriber: subscribes itself and prints every message it receives."""

@@ -1,0 +1,31 @@
+"""The subscriber's app factory: gunicorn runs `client.app:create_app()`."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from client.inbox import Inbox
+from client.routes import api
+from client.settings import ClientSettings
+from client.subscription import Subscription
+from groker_common.http import HttpPool
+from groker_common.logs import configure_logging
+from groker_common.web import health_blueprint, install_json_errors
+
+
+def create_app(settings: ClientSettings | None = None, subscribe: bool = True) -> Flask:
+    settings = settings or ClientSettings()
+    configure_logging("client", settings.log_level)
+    app = Flask(__name__)
+    subscription = Subscription(
+        settings.broker_url, settings.own_callback_url(), settings.resubscribe_interval, HttpPool()
+    )
+    app.extensions["groker_inbox"] = Inbox(settings.keep_recent)
+    app.extensions["groker_subscription"] = subscription
+    app.extensions["groker_on_exit"] = subscription.stop
+    install_json_errors(app)
+    app.register_blueprint(health_blueprint(lambda: subscription.id is not None))
+    app.register_blueprint(api)
+    if subscribe:
+        subscription.start()
+    return app

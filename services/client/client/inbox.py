@@ -1,0 +1,34 @@
+"""What this subscriber has received: printed once each, recent ones kept, repeats dropped."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import OrderedDict
+from typing import Any, TextIO
+
+
+class Inbox:
+    def __init__(self, keep_recent: int, out: TextIO | None = None) -> None:
+        self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._keep = keep_recent
+        self._out = out
+        self.received = 0
+        self.duplicates = 0
+
+    def add(self, message: dict[str, Any]) -> bool:
+        """Take a delivery; False if this id was already received (a redelivery)."""
+        if message["id"] in self._recent:
+            self.duplicates += 1
+            return False
+        self.received += 1
+        self._recent[message["id"]] = {**message, "received_at": time.time()}
+        while len(self._recent) > self._keep:
+            self._recent.popitem(last=False)
+        line = f"seq={message['seq']} {json.dumps(message['body'])}"
+        print(line, file=self._out or sys.stdout, flush=True)
+        return True
+
+    def recent(self) -> list[dict[str, Any]]:
+        return list(self._recent.values())

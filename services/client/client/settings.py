@@ -1,0 +1,32 @@
+"""The subscriber's settings, read once from GROKER_* environment variables."""
+
+from __future__ import annotations
+
+import socket
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ClientSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GROKER_", frozen=True)
+
+    broker_url: str = "http://broker:8000"
+    port: int = Field(8002, validation_alias=AliasChoices("PORT", "GROKER_CLIENT_PORT"))
+    callback_url: str | None = Field(
+        None,
+        description="the URL the broker calls; default: this replica's own IP address and port",
+    )
+    resubscribe_interval: float = Field(
+        5.0, gt=0, description="seconds between checks that the broker still knows us"
+    )
+    keep_recent: int = Field(1000, ge=1, description="received messages kept for GET /messages")
+    log_level: str = "INFO"
+
+    def own_callback_url(self) -> str:
+        """Each replica must be reachable at its own address, not a shared service name,
+        so by default it advertises the IP its hostname resolves to (the container's)."""
+        if self.callback_url:
+            return self.callback_url
+        ip = socket.gethostbyname(socket.gethostname())
+        return f"http://{ip}:{self.port}/messages"

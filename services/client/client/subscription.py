@@ -1,0 +1,65 @@
+"""Keeps this replica subscribed: subscribes on start, again if the broker forgets it
+(restart, removal), and unsubscribes on the way out."""
+
+from __future__ import annotations
+
+import logging
+
+import gevent
+
+from groker_common.http import HttpPool
+
+log = logging.getLogger(__name__)
+
+
+class Subscription:
+    def __init__(self, broker_url: str, callback: str, interval: float, http: HttpPool) -> None:
+        self._url = broker_url.rstrip("/")
+        self.callback = callback
+        self._interval = interval
+        self._http = http
+        self.id: str | None = None
+        self._greenlet: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        self._greenlet = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        while True:
+            ok = self.ensure()
+            gevent.sleep(self._interval if ok else 1.0)
+
+    def ensure(self) -> bool:
+        """Subscribing is idempotent: 200 means the broker still has us, 201 that it had
+        forgotten us (or never knew) and we are subscribed anew."""
+        try:
+            status, answer = self._http.request_json(
+                "POST", f"{self._url}/subscriptions", {"callback": self.callback}, timeout=5
+            )
+        except Exception as exc:
+            log.info("broker at %s not reachable yet: %s", self._url, exc)
+            return False
+        if status not in (200, 201):
+            log.warning("subscribe answered %s: %s", status, answer)
+            return False
+        if status == 201:
+            if self.id is not None:
+                log.warning("broker had forgotten subscription %s; subscribed again", self.id)
+            log.info("subscribed as %s with callback %s", answer["id"], self.callback)
+        self.id = answer["id"]
+        return True
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+        if self.id is None:
+            return
+        try:
+            status, _ = self._http.request_json(
+                "DELETE", f"{self._url}/subscriptions/{self.id}", timeout=3
+            )
+            log.info("unsubscribed %s (HTTP %s)", self.id, status)
+        except Exception as exc:
+            log.warning("could not unsubscribe %s: %s", self.id, exc)
+        self.id = None
+        self._http.close()

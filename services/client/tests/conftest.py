@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from broker.app import create_app as create_broker
+from broker.settings import BrokerSettings
+from client.app import create_app
+from client.settings import ClientSettings
+from groker_common.testing import listen, serve
+
+
+@pytest.fixture
+def broker_url() -> Iterator[str]:
+    """A real broker, served on loopback in this process."""
+    app = create_broker(BrokerSettings(delivery_timeout=1.0))
+    server, url = serve(app)
+    yield url
+    server.stop(timeout=0)
+    app.extensions["groker"].stop()
+
+
+@pytest.fixture
+def start_client(broker_url) -> Iterator[Callable[..., Any]]:
+    """Subscriber apps served on loopback, subscribing themselves to the broker."""
+    started = []
+
+    def start(**overrides: Any):
+        listener, url = listen()
+        settings = ClientSettings(
+            broker_url=broker_url, callback_url=f"{url}/messages", **overrides
+        )
+        app = create_app(settings)
+        server, _ = serve(app, listener)
+        started.append((app, server))
+        return app
+
+    yield start
+    for app, server in started:
+        app.extensions["groker_on_exit"]()
+        server.stop(timeout=0)

@@ -1,0 +1,1 @@
+"""groker's load generator: publishes a steady stream and tracks what got confirmed."""

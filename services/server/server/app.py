@@ -1,0 +1,29 @@
+"""The load generator's app factory: gunicorn runs `server.app:create_app()`."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from groker_common.http import HttpPool
+from groker_common.logs import configure_logging
+from groker_common.web import health_blueprint, install_json_errors
+from server.publisher import Publisher
+from server.routes import api
+from server.settings import ServerSettings
+from server.stats import PublishStats
+
+
+def create_app(settings: ServerSettings | None = None) -> Flask:
+    settings = settings or ServerSettings()
+    configure_logging("server", settings.log_level)
+    app = Flask(__name__)
+    stats = PublishStats()
+    publisher = Publisher(settings, stats, HttpPool())
+    app.extensions["groker_stats"] = stats
+    app.extensions["groker_publisher"] = publisher
+    install_json_errors(app)
+    app.register_blueprint(health_blueprint(lambda: True))
+    app.register_blueprint(api)
+    app.extensions["groker_on_exit"] = publisher.close
+    publisher.start()
+    return app

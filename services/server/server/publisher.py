@@ -1,0 +1,120 @@
+"""The publishing loop: a steady rate of messages, some sync and some async."""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import time
+
+import gevent
+
+from groker_common.http import HttpPool
+from server.settings import ServerSettings
+from server.stats import PublishStats
+
+log = logging.getLogger(__name__)
+
+
+class Publisher:
+    def __init__(self, settings: ServerSettings, stats: PublishStats, http: HttpPool) -> None:
+        self._settings = settings
+        self._stats = stats
+        self._http = http
+        self._url = settings.broker_url.rstrip("/")
+        self._source = socket.gethostname()
+        self._greenlet: gevent.Greenlet | None = None
+        self._in_flight = gevent.pool.Group()  # sync publishes and polls still waiting
+        self.broker_ready = False
+
+    def start(self) -> None:
+        if self._settings.rate > 0:
+            self._greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        """Publish no more; what is in flight still gets its answer."""
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+
+    def close(self) -> None:
+        self.stop()
+        self._in_flight.kill(block=False)
+        self._http.close()
+
+    def _run(self) -> None:
+        self._wait_for_broker()
+        interval = 1.0 / self._settings.rate
+        next_at = time.monotonic()
+        n = 0
+        while True:
+            n += 1
+            mode = "sync" if random.random() < self._settings.sync_ratio else "async"
+            backoff = self.publish_one(n, mode)
+            next_at = max(next_at + interval, time.monotonic() + backoff)
+            gevent.sleep(max(0.0, next_at - time.monotonic()))
+
+    def _wait_for_broker(self) -> None:
+        while True:
+            try:
+                status, _ = self._http.request_json("GET", f"{self._url}/readyz", timeout=2)
+                if status == 200:
+                    self.broker_ready = True
+                    log.info("broker at %s is ready", self._url)
+                    return
+            except Exception as exc:
+                log.info("waiting for broker at %s: %s", self._url, exc)
+            gevent.sleep(1)
+
+    def publish_one(self, n: int, mode: str) -> float:
+        """Publish message n; returns how long to back off (the broker's Retry-After)."""
+        sent_at = time.time()
+        payload: dict = {"body": {"n": n, "sent_at": sent_at, "source": self._source}}
+        payload["mode"] = mode
+        if mode == "async":
+            payload["callback"] = self._settings.callback_url
+        self._stats.sent += 1
+        if mode == "sync":
+            # A sync publish holds its request open until published: do not hold the loop.
+            self._in_flight.spawn(self._send, payload, sent_at)
+            return 0.0
+        return self._send(payload, sent_at)
+
+    def _send(self, payload: dict, sent_at: float) -> float:
+        mode = payload["mode"]
+        try:
+            status, answer = self._http.request_json(
+                "POST", f"{self._url}/messages", payload, timeout=self._settings.sync_timeout + 5
+            )
+        except Exception as exc:
+            self._stats.errors += 1
+            log.warning("publish failed: %s", exc)
+            return 1.0
+        if status in (200, 202, 504):
+            self._stats.accepted_message(answer["id"], mode, sent_at)
+            if status == 200:
+                self._stats.confirm(answer["id"])
+            elif status == 504:
+                self._stats.sync_timeouts += 1
+                self._in_flight.spawn(self._poll_until_published, answer["id"])
+            return 0.0
+        if status == 503:
+            self._stats.rejected += 1
+            return float(answer.get("retry_after", 1)) if isinstance(answer, dict) else 1.0
+        self._stats.errors += 1
+        log.warning("publish answered %s: %s", status, answer)
+        return 0.0
+
+    def _poll_until_published(self, message_id: str) -> None:
+        """A sync publish that timed out is still published later: find out by polling."""
+        while message_id in self._stats.pending:
+            gevent.sleep(1)
+            try:
+                status, answer = self._http.request_json(
+                    "GET", f"{self._url}/messages/{message_id}", timeout=5
+                )
+            except Exception:
+                continue
+            if status == 200 and answer["status"] == "published":
+                self._stats.confirm(message_id)
+            elif status == 404:
+                return

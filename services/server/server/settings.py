@@ -1,0 +1,20 @@
+"""The load generator's settings, read once from GROKER_* environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GROKER_", frozen=True)
+
+    broker_url: str = "http://broker:8000"
+    rate: float = Field(1.0, ge=0, description="messages per second; 0 publishes nothing")
+    sync_ratio: float = Field(0.5, ge=0, le=1, description="share of messages sent sync")
+    callback_url: str = Field(
+        "http://server:8001/notifications",
+        description="where the broker reaches this server's notification webhook",
+    )
+    sync_timeout: float = Field(30.0, gt=0, description="the broker's sync timeout")
+    log_level: str = "INFO"

@@ -1,0 +1,96 @@
+"""The load generator against a real broker and a real subscriber on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from broker.app import create_app as create_broker
+from broker.settings import BrokerSettings
+from groker_common.http import HttpPool
+from groker_common.testing import listen, serve, wait_until
+from server.app import create_app
+from server.settings import ServerSettings
+
+
+@pytest.fixture(autouse=True)
+def http() -> Iterator[HttpPool]:
+    pool = HttpPool()
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def stack() -> Iterator[list]:
+    started: list = []
+    yield started
+    for app, server in reversed(started):
+        app.extensions["groker_on_exit"]()
+        server.stop(timeout=0)
+
+
+def start(stack: list, app) -> str:
+    server, url = serve(app)
+    stack.append((app, server))
+    return url
+
+
+def start_server(stack: list, broker_url: str, **overrides) -> tuple:
+    listener, url = listen()
+    settings = ServerSettings(
+        broker_url=broker_url, callback_url=f"{url}/notifications", **overrides
+    )
+    app = create_app(settings)
+    server, _ = serve(app, listener)
+    stack.append((app, server))
+    return app, url
+
+
+def sink_app(environ, start_response):
+    environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [b"{}"]
+
+
+def test_publishes_sync_and_async_and_confirms_both(stack, http):
+    broker_url = start(stack, create_broker(BrokerSettings()))
+    sink_server, sink_url = serve(sink_app)
+    try:
+        http.request_json("POST", f"{broker_url}/subscriptions", {"callback": sink_url})
+        app, url = start_server(stack, broker_url, rate=50, sync_ratio=0.5)
+        stats = app.extensions["groker_stats"]
+        wait_until(lambda: stats.confirmed_sync >= 5 and stats.confirmed_async >= 5)
+        app.extensions["groker_publisher"].stop()
+        wait_until(
+            lambda: not stats.pending and stats.accepted == stats.sent,
+            what="every message sent accepted and confirmed",
+        )
+        answer = http.request_json("GET", f"{url}/stats")[1]
+        assert answer["accepted"] == answer["confirmed"] == answer["sent"]
+        assert answer["errors"] == answer["unknown_notifications"] == 0
+        assert answer["latency_ms"]["p50"] <= answer["latency_ms"]["p99"]
+    finally:
+        sink_server.stop(timeout=0)
+
+
+def test_backs_off_when_the_queue_is_full(stack):
+    broker_url = start(stack, create_broker(BrokerSettings(max_queue_length=3)))
+    app, _ = start_server(stack, broker_url, rate=200, sync_ratio=0)
+    stats = app.extensions["groker_stats"]
+    wait_until(lambda: stats.rejected >= 1, what="a 503")
+    assert stats.accepted == 3
+    sent = stats.sent
+    # Retry-After is 1 s: the loop does not hammer the broker meanwhile.
+    wait_until(lambda: stats.sent > sent, timeout=3, what="the next attempt after backing off")
+    assert stats.sent - sent <= 2
+
+
+def test_notification_webhook_checks_what_it_gets(stack):
+    app = create_app(ServerSettings(rate=0))
+    client = app.test_client()
+    assert client.post("/notifications", json={"id": "x", "status": "published"}).status_code == 200
+    assert client.get("/stats").get_json()["unknown_notifications"] == 1
+    for bad in ({"status": "published"}, {"id": 1}, {"id": "x", "status": "queued"}, [1]):
+        answer = client.post("/notifications", json=bad)
+        assert answer.status_code == 400 and answer.get_json()["error"] == "invalid notification"
