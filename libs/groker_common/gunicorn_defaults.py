@@ -11,7 +11,9 @@ worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "2000"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 # Matched by stop_grace_period in docker-compose.yml and terminationGracePeriodSeconds in k8s/.
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
-keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "75"))
+# Long enough for the broker to reuse connections between messages, short enough that an
+# idle kept-alive connection does not hold a stopping worker for long.
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 errorlog = "-"
 loglevel = os.environ.get("GROKER_LOG_LEVEL", "info").lower()
@@ -23,9 +25,30 @@ def bind_on(default_port: int) -> str:
     return f"0.0.0.0:{os.environ.get('PORT', default_port)}"
 
 
+def _app_hook(worker, name: str):
+    return getattr(getattr(worker, "wsgi", None), "extensions", {}).get(name)
+
+
+def post_worker_init(worker):
+    """Tell the app as soon as SIGTERM arrives (`groker_on_stop`: stop publishing,
+    unsubscribe, turn /readyz to 503), not only once the graceful period is over."""
+    import signal
+
+    import gevent
+
+    handle_exit = worker.handle_exit
+
+    def on_sigterm(sig, frame):
+        handle_exit(sig, frame)
+        on_stop = _app_hook(worker, "groker_on_stop")
+        if on_stop is not None:
+            gevent.spawn(on_stop)  # a signal handler must not block
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def worker_exit(server, worker):
-    """Let the app finish its own work (stop the queue, unsubscribe) as the worker exits."""
-    app = getattr(worker, "wsgi", None)
-    on_exit = getattr(app, "extensions", {}).get("groker_on_exit")
+    """Let the app release what it holds (`groker_on_exit`) as the worker exits."""
+    on_exit = _app_hook(worker, "groker_on_exit")
     if on_exit is not None:
         on_exit()

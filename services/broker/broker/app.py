@@ -21,6 +21,7 @@ def create_app(settings: BrokerSettings | None = None) -> Flask:
     install_json_errors(app)
     app.register_blueprint(health_blueprint(lambda: broker.ready and not broker.draining))
     app.register_blueprint(api)
+    app.extensions["groker_on_stop"] = broker.drain
     app.extensions["groker_on_exit"] = broker.stop
     broker.start()
     return app

@@ -57,6 +57,11 @@ class Broker:
         self._dispatcher.start()
         self.ready = True
 
+    def drain(self) -> None:
+        """Shutting down: /readyz answers 503 and new publishes are refused; what is queued
+        stays queued, and deliveries under way go on until the process exits."""
+        self.draining = True
+
     def stop(self) -> None:
         self.ready = False
         self.draining = True

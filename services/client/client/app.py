@@ -22,6 +22,7 @@ def create_app(settings: ClientSettings | None = None, subscribe: bool = True) -
     )
     app.extensions["groker_inbox"] = Inbox(settings.keep_recent)
     app.extensions["groker_subscription"] = subscription
+    app.extensions["groker_on_stop"] = subscription.stop
     app.extensions["groker_on_exit"] = subscription.stop
     install_json_errors(app)
     app.register_blueprint(health_blueprint(lambda: subscription.id is not None))

@@ -50,9 +50,11 @@ class Subscription:
         return True
 
     def stop(self) -> None:
+        """Unsubscribe for good; safe to call again (SIGTERM, then worker exit)."""
         if self._greenlet is not None:
-            self._greenlet.kill(block=False)
+            self._greenlet.kill()
         if self.id is None:
+            self._http.close()
             return
         try:
             status, _ = self._http.request_json(

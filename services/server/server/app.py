@@ -24,6 +24,7 @@ def create_app(settings: ServerSettings | None = None) -> Flask:
     install_json_errors(app)
     app.register_blueprint(health_blueprint(lambda: True))
     app.register_blueprint(api)
+    app.extensions["groker_on_stop"] = publisher.stop
     app.extensions["groker_on_exit"] = publisher.close
     publisher.start()
     return app

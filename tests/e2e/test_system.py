@@ -1,0 +1,129 @@
+"""The whole system, through its HTTP interfaces: broker, load generator and clients
+running as real gunicorn+gevent processes in Docker Compose."""
+
+from __future__ import annotations
+
+import uuid
+
+from .conftest import CLIENTS, System, poll
+
+
+def marker(system: System, mode: str = "sync") -> dict:
+    """Publish a uniquely tagged message and return the broker's answer."""
+    status, answer = system.publish({"marker": uuid.uuid4().hex}, mode=mode)
+    assert status == (200 if mode == "sync" else 202), answer
+    return answer
+
+
+def seqs_between(messages: list[dict], first: int, last: int) -> list[int]:
+    return [m["seq"] for m in messages if first <= m["seq"] <= last]
+
+
+def test_every_client_gets_every_message_in_seq_order(three_clients: System):
+    system = three_clients
+    start = marker(system)
+    poll(lambda: system.stats()["last_seq"] >= start["seq"] + 15, what="15 more messages")
+    end = marker(system)
+    expected = list(range(start["seq"], end["seq"] + 1))
+    callbacks = [s["callback"] for s in system.subscriptions()]
+    assert len(callbacks) == CLIENTS
+    for callback in callbacks:
+        # Sync publishes and async ones from the load generator, all in one order.
+        assert seqs_between(system.received(callback), start["seq"], end["seq"]) == expected
+
+
+def test_sync_publish_answers_after_delivery_to_every_client(three_clients: System):
+    system = three_clients
+    answer = marker(system, "sync")
+    assert (answer["status"], answer["delivered"], answer["failed"]) == ("published", CLIENTS, 0)
+    for sub in system.subscriptions():  # already there when the answer came back
+        assert answer["id"] in {m["id"] for m in system.received(sub["callback"])}
+
+
+def test_async_publish_is_queued_then_published_and_pollable(three_clients: System):
+    system = three_clients
+    answer = marker(system, "async")
+    assert answer["status"] == "queued"
+    polled = poll(
+        lambda: (m := system.message(answer["id"]))["status"] == "published" and m,
+        what="publication",
+    )
+    assert (polled["seq"], polled["delivered"]) == (answer["seq"], CLIENTS)
+
+
+def test_async_notifications_reach_the_server(three_clients: System):
+    system = three_clients
+    before = system.server_stats()
+    poll(
+        lambda: system.server_stats()["confirmed_async"] >= before["confirmed_async"] + 3,
+        what="three more async confirmations at the server",
+    )
+    after = system.server_stats()
+    assert after["unknown_notifications"] == 0
+    assert system.stats()["notifications_sent"] >= after["confirmed_async"]
+
+
+def test_a_new_client_gets_only_messages_published_after_it_joined(three_clients: System):
+    system = three_clients
+    old = {s["id"] for s in system.subscriptions()}
+    before = marker(system)  # published before the fourth client exists
+    system.scale_clients(CLIENTS + 1)
+    (new,) = [s for s in system.subscriptions() if s["id"] not in old]
+    poll(lambda: len(system.received(new["callback"])) >= 5, what="the new client's messages")
+    seqs = [m["seq"] for m in system.received(new["callback"])]
+    assert min(seqs) > before["seq"]
+    assert seqs == sorted(set(seqs))
+    assert before["id"] not in {m["id"] for m in system.received(new["callback"])}
+
+
+def test_a_stopped_client_is_removed(three_clients: System):
+    system = three_clients
+    container = system.client_containers()[0]
+    callback = f"http://{system.container_ip(container)}:8002/messages"
+    unsubscribed = system.stats()["unsubscribed"]
+    system.docker("stop", container)  # SIGTERM: it unsubscribes on the way out
+    try:
+        assert callback not in {s["callback"] for s in system.subscriptions()}
+        assert system.stats()["unsubscribed"] == unsubscribed + 1
+        answer = marker(system)
+        assert answer["delivered"] == CLIENTS - 1
+    finally:
+        system.docker("start", container)
+
+
+def test_an_unreachable_client_is_removed_and_others_keep_receiving(three_clients: System):
+    system = three_clients
+    container = system.client_containers()[0]
+    callback = f"http://{system.container_ip(container)}:8002/messages"
+    removed = system.stats()["removed"]
+    system.docker("pause", container)  # hangs: deliveries to it time out
+    try:
+        poll(
+            lambda: callback not in {s["callback"] for s in system.subscriptions()},
+            what="the paused client's removal",
+        )
+        assert system.stats()["removed"] == removed + 1
+        answer = marker(system)
+        assert (answer["delivered"], answer["failed"]) == (CLIENTS - 1, 0)
+    finally:
+        system.docker("unpause", container)
+    # Back, it notices the broker forgot it and subscribes again.
+    poll(
+        lambda: callback in {s["callback"] for s in system.subscriptions()},
+        what="the client's resubscription",
+    )
+
+
+def test_with_no_clients_a_message_waits_and_is_delivered_when_one_starts(system: System):
+    system.scale_clients(0)
+    answer = marker(system, "async")
+    assert system.message(answer["id"])["status"] == "queued"
+    assert system.stats()["queue_length"] >= 1
+    system.scale_clients(1)
+    published = poll(
+        lambda: (m := system.message(answer["id"]))["status"] == "published" and m,
+        what="publication once a client subscribed",
+    )
+    assert published["delivered"] == 1
+    (sub,) = system.subscriptions()
+    assert answer["id"] in {m["id"] for m in system.received(sub["callback"])}
