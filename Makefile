@@ -1,0 +1,41 @@
+# The two commands a new machine needs: `make run` (or docker compose up --build) and
+# `make test`. Everything else here is what those two are made of.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint unit e2e format clean
+
+run:
+	docker compose up --build --scale client=3
+
+$(BIN)/.installed: requirements-dev.txt services/*/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+# Lint, the unit tests of the three services, then the end-to-end tests against the real
+# compose deployment (which they build and start themselves, and tear down after).
+test: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+unit: $(BIN)/.installed
+	$(BIN)/python -m pytest services
+
+e2e: $(BIN)/.installed
+	$(BIN)/python -m pytest tests/e2e
+
+format: $(BIN)/.installed
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	docker compose down -v --remove-orphans
+	rm -rf $(VENV) .pytest_cache .ruff_cache
