@@ -25,6 +25,15 @@ def serve(app: Callable[..., Any], listener: socket.socket | None = None) -> tup
     return server, f"http://127.0.0.1:{server.server_port}"
 
 
+def serve_app_at_its_url(build: Callable[[str], Any]) -> tuple[Any, WSGIServer, str]:
+    """For an app that must know its own URL before it starts (to give it as a callback):
+    reserve the port, build the app with the URL, then serve it there."""
+    listener, url = listen()
+    app = build(url)
+    server, _ = serve(app, listener)
+    return app, server, url
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
     """Poll, yielding to other greenlets, until predicate() is truthy; fail after timeout."""
     with gevent.Timeout(timeout, AssertionError(f"timed out waiting for {what}")):

@@ -9,7 +9,7 @@ from broker.app import create_app as create_broker
 from broker.settings import BrokerSettings
 from client.app import create_app
 from client.settings import ClientSettings
-from groker_common.testing import listen, serve
+from groker_common.testing import serve, serve_app_at_its_url
 
 
 @pytest.fixture
@@ -28,12 +28,11 @@ def start_client(broker_url) -> Iterator[Callable[..., Any]]:
     started = []
 
     def start(**overrides: Any):
-        listener, url = listen()
-        settings = ClientSettings(
-            broker_url=broker_url, callback_url=f"{url}/messages", **overrides
+        app, server, _ = serve_app_at_its_url(
+            lambda url: create_app(
+                ClientSettings(broker_url=broker_url, callback_url=f"{url}/messages", **overrides)
+            )
         )
-        app = create_app(settings)
-        server, _ = serve(app, listener)
         started.append((app, server))
         return app
 

@@ -9,7 +9,7 @@ import pytest
 from broker.app import create_app as create_broker
 from broker.settings import BrokerSettings
 from groker_common.http import HttpPool
-from groker_common.testing import listen, serve, wait_until
+from groker_common.testing import serve, serve_app_at_its_url, wait_until
 from server.app import create_app
 from server.settings import ServerSettings
 
@@ -37,12 +37,11 @@ def start(stack: list, app) -> str:
 
 
 def start_server(stack: list, broker_url: str, **overrides) -> tuple:
-    listener, url = listen()
-    settings = ServerSettings(
-        broker_url=broker_url, callback_url=f"{url}/notifications", **overrides
+    app, server, url = serve_app_at_its_url(
+        lambda url: create_app(
+            ServerSettings(broker_url=broker_url, callback_url=f"{url}/notifications", **overrides)
+        )
     )
-    app = create_app(settings)
-    server, _ = serve(app, listener)
     stack.append((app, server))
     return app, url
 
