@@ -24,6 +24,7 @@ class Publisher:
         self._url = settings.broker_url.rstrip("/")
         self._source = socket.gethostname()
         self._greenlet: gevent.Greenlet | None = None
+        self._stopping = gevent.event.Event()
         self._in_flight = gevent.pool.Group()  # sync publishes and polls still waiting
         self.broker_ready = False
 
@@ -32,12 +33,13 @@ class Publisher:
             self._greenlet = gevent.spawn(self._run)
 
     def stop(self) -> None:
-        """Publish no more; what is in flight still gets its answer."""
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
+        """Publish no more; a publish under way finishes and gets its answer."""
+        self._stopping.set()
 
     def close(self) -> None:
         self.stop()
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
         self._in_flight.kill(block=False)
         self._http.close()
 
@@ -46,15 +48,15 @@ class Publisher:
         interval = 1.0 / self._settings.rate
         next_at = time.monotonic()
         n = 0
-        while True:
+        while not self._stopping.is_set():
             n += 1
             mode = "sync" if random.random() < self._settings.sync_ratio else "async"
             backoff = self.publish_one(n, mode)
             next_at = max(next_at + interval, time.monotonic() + backoff)
-            gevent.sleep(max(0.0, next_at - time.monotonic()))
+            self._stopping.wait(max(0.0, next_at - time.monotonic()))
 
     def _wait_for_broker(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 status, _ = self._http.request_json("GET", f"{self._url}/readyz", timeout=2)
                 if status == 200:
@@ -63,7 +65,7 @@ class Publisher:
                     return
             except Exception as exc:
                 log.info("waiting for broker at %s: %s", self._url, exc)
-            gevent.sleep(1)
+            self._stopping.wait(1)
 
     def publish_one(self, n: int, mode: str) -> float:
         """Publish message n; returns how long to back off (the broker's Retry-After)."""
