@@ -59,22 +59,43 @@ class HttpPool:
         timeout: float = 5.0,
     ) -> tuple[int, bytes]:
         """Send one request and read the whole answer, so the connection goes back to the pool."""
-        client, path = self._client(url, timeout)
-        response = client.request(method, path, body=body, headers=headers or JSON_HEADERS)
-        try:
-            return response.status_code, response.read()
-        finally:
-            response.release()
+        status, raw, _ = self._exchange(method, url, body, headers or JSON_HEADERS, timeout)
+        return status, raw  # the delivery hot path: no header dict built
 
     def request_json(
         self, method: str, url: str, payload: Any = None, timeout: float = 5.0
     ) -> tuple[int, Any]:
+        status, data, _ = self.exchange_json(method, url, payload, timeout)
+        return status, data
+
+    def exchange_json(
+        self, method: str, url: str, payload: Any = None, timeout: float = 5.0
+    ) -> tuple[int, Any, dict[str, str]]:
+        """JSON in and out, with the answer's headers (lower-cased names)."""
         body = b"" if payload is None else json.dumps(payload).encode()
-        status, raw = self.request(method, url, body, JSON_HEADERS, timeout)
+        status, raw, headers = self._exchange(method, url, body, JSON_HEADERS, timeout, True)
         try:
-            return status, json.loads(raw) if raw else None
+            return status, json.loads(raw) if raw else None, headers
         except ValueError:
-            return status, raw.decode(errors="replace")
+            return status, raw.decode(errors="replace"), headers
+
+    def _exchange(
+        self,
+        method: str,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        timeout: float,
+        want_headers: bool = False,
+    ) -> tuple[int, bytes, dict[str, str]]:
+        client, path = self._client(url, timeout)
+        response = client.request(method, path, body=body, headers=headers)
+        try:
+            raw = response.read()
+            answer_headers = {k.lower(): v for k, v in response.items()} if want_headers else {}
+            return response.status_code, raw, answer_headers
+        finally:
+            response.release()
 
     def close(self) -> None:
         with self._lock:

@@ -1,4 +1,4 @@
-"""The broker itself, with no HTTP in it: accept, subscribe, publish, report.
+"""The broker itself, with no HTTP in it: accept, subscribe, publish, report, stop.
 
 `Broker` wires the store, the subscriber registry, the lanes, the dispatcher and the
 senders together; the Flask routes are a thin layer over its methods."""
@@ -6,8 +6,11 @@ senders together; the Flask routes are a thin layer over its methods."""
 from __future__ import annotations
 
 import logging
+import time
 import uuid
-from typing import Any
+from typing import Any, Literal
+
+import gevent
 
 from broker.counters import Counters
 from broker.dispatcher import Dispatcher
@@ -16,14 +19,16 @@ from broker.messages import Message, Mode
 from broker.registry import Subscriber, SubscriberRegistry
 from broker.senders import AsyncSender, CallbackNotifier, Sender, SyncSender
 from broker.settings import BrokerSettings
-from broker.store import MemoryStore, MessageStore
+from broker.store import MessageStore, open_store
 from groker_common.http import HttpPool
 
 log = logging.getLogger(__name__)
 
+PRUNE_INTERVAL = 10.0
+
 
 class QueueFull(Exception):
-    """The queue holds `max_queue_length` unpublished messages; try again later."""
+    """The queue holds as many unpublished messages (or bytes) as it may; try later."""
 
 
 class Draining(Exception):
@@ -39,35 +44,62 @@ class Broker:
     ) -> None:
         self.settings = settings or BrokerSettings()
         self.counters = Counters()
-        self.store = store or MemoryStore(self.settings.retention_count)
+        self.store = store or open_store(self.settings)
         self._http = http or HttpPool()
         self._notifier = CallbackNotifier(
             self._http,
             self.counters,
             attempts=self.settings.notify_attempts,
             timeout=self.settings.notify_timeout,
+            on_done=self.store.mark_notified,
         )
-        self.registry = SubscriberRegistry(self._open_lane, self._wake, self.counters)
+        self.registry = SubscriberRegistry(self._open_lane, self._wake, self.counters, self.store)
         self._dispatcher = Dispatcher(self.store, self.registry)
         self._seq = self.store.last_seq()
+        self._waiting: set[SyncSender] = set()
+        self._pruner: gevent.Greenlet | None = None
         self.ready = False
         self.draining = False
 
     def start(self) -> None:
+        """Pick up where a previous run stopped, then start publishing."""
+        for message in self.store.unpublished_messages():
+            # Nobody waits on a sync message from before the restart any more.
+            if message.sender is None:
+                message.sender = AsyncSender(self._notifier)
+        for message in self.store.unnotified_messages():
+            self._notifier.notify(message)
+        self.registry.restore(self.store.subscriptions())
         self._dispatcher.start()
+        self._pruner = gevent.spawn(self._prune_forever)
         self.ready = True
 
     def drain(self) -> None:
-        """Shutting down: /readyz answers 503 and new publishes are refused; what is queued
-        stays queued, and deliveries under way go on until the process exits."""
+        """Stopping (SIGTERM): /readyz turns 503, new publishes are refused, nothing more is
+        taken from the queue, waiting sync publishers are answered (their messages stay
+        queued in the store); deliveries already handed to lanes go on."""
+        if self.draining:
+            return
+        log.info("draining: %d messages stay queued", self.store.queued())
         self.draining = True
+        self._dispatcher.pause()
+        for sender in list(self._waiting):
+            sender.abandon()
 
     def stop(self) -> None:
+        """Drain, give the lanes up to `drain_timeout` to finish, then release everything."""
+        self.drain()
+        deadline = time.monotonic() + self.settings.drain_timeout
+        while any(lane.busy for lane in self.registry.lanes()) and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        self._notifier.join(timeout=max(0.0, deadline - time.monotonic()))
         self.ready = False
-        self.draining = True
         self._dispatcher.stop()
+        if self._pruner is not None:
+            self._pruner.kill()
         self.registry.close()
         self._notifier.close()
+        self.store.close()
         self._http.close()
 
     def publish(
@@ -77,27 +109,43 @@ class Broker:
         headers: dict[str, str] | None = None,
         callback: str | None = None,
     ) -> Message:
-        """Accept a message onto the tail of the queue and return it, seq assigned."""
+        """Accept a message onto the tail of the queue; returns once it is stored."""
         if self.draining:
             raise Draining()
-        if self.store.unpublished() >= self.settings.max_queue_length:
-            self.counters.rejected_full += 1
-            raise QueueFull()
         sender: Sender = SyncSender() if mode == "sync" else AsyncSender(self._notifier)
-        self._seq += 1
         message = Message(
             id=str(uuid.uuid4()),
-            seq=self._seq,
+            seq=self._seq + 1,
             body=body,
             headers=headers or {},
             mode=mode,
             callback=callback,
             sender=sender,
         )
+        if (
+            self.store.unpublished() >= self.settings.max_queue_length
+            or self.store.unpublished_bytes() + message.size > self.settings.max_queue_bytes
+        ):
+            self.counters.rejected_full += 1
+            raise QueueFull()
+        self._seq = message.seq
         self.store.append(message)
         self.counters.accepted += 1
         self._wake()
         return message
+
+    def wait_published(self, message: Message) -> Literal["published", "timeout", "draining"]:
+        """Hold a sync publisher until its message is published (or we stop, or time out)."""
+        sender = message.sender
+        assert isinstance(sender, SyncSender)
+        self._waiting.add(sender)
+        try:
+            sender.wait(self.settings.sync_timeout)
+        finally:
+            self._waiting.discard(sender)
+        if message.status == "published":
+            return "published"
+        return "draining" if sender.abandoned else "timeout"
 
     def subscribe(self, callback: str) -> tuple[Subscriber, bool]:
         return self.registry.subscribe(callback)
@@ -109,12 +157,17 @@ class Broker:
         return self.store.get(message_id)
 
     def stats(self) -> dict[str, Any]:
+        oldest = self.store.oldest_queued_at()
         return {
             "queue_length": self.store.queued(),
             "unpublished": self.store.unpublished(),
+            "unpublished_bytes": self.store.unpublished_bytes(),
+            "oldest_queued_age": round(time.time() - oldest, 3) if oldest else 0.0,
             "last_seq": self._seq,
             "subscribers": len(self.registry),
             "lane_backlog": {lane.subscriber.id: lane.backlog for lane in self.registry.lanes()},
+            "store": self.settings.store,
+            "draining": self.draining,
             **self.counters.as_dict(),
         }
 
@@ -143,3 +196,8 @@ class Broker:
         )
         if message.sender is not None:
             message.sender.on_published(message)
+
+    def _prune_forever(self) -> None:
+        while True:
+            gevent.sleep(PRUNE_INTERVAL)
+            self.store.prune()

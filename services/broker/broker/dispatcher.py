@@ -26,6 +26,7 @@ class Dispatcher:
         self._registry = registry
         self._wakeup = gevent.event.Event()
         self._greenlet: gevent.Greenlet | None = None
+        self._paused = False
 
     def wake(self) -> None:
         """Something changed: a message was queued or a subscriber joined."""
@@ -33,6 +34,11 @@ class Dispatcher:
 
     def start(self) -> None:
         self._greenlet = gevent.spawn(self._run)
+
+    def pause(self) -> None:
+        """Take nothing more from the queue (the broker is stopping: what is queued stays
+        in the store for the next start). A hand-over under way completes."""
+        self._paused = True
 
     def stop(self) -> None:
         if self._greenlet is not None:
@@ -42,7 +48,7 @@ class Dispatcher:
         while True:
             message = self._store.head()
             lanes = self._registry.lanes()
-            if message is None or not lanes:
+            if message is None or not lanes or self._paused:
                 # Cooperative scheduling: nothing ran between the check and the clear,
                 # so a wake() cannot be lost here.
                 self._wakeup.clear()

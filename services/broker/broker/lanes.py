@@ -73,6 +73,10 @@ class Lane:
     def backlog(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def busy(self) -> bool:
+        return self._current is not None or not self._queue.empty()
+
     def put(self, message: Message) -> None:
         """Hand a message to this lane; blocks while the lane is full."""
         if not self.closed:

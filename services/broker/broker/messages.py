@@ -26,25 +26,38 @@ class Message:
     published_at: float | None = None
     delivered: int = 0
     failed: int = 0
+    notified: bool = False
+    # The body as JSON text, encoded once: it is what the store keeps, what counts
+    # against the queue's byte bound, and what goes into every subscriber's payload.
+    body_json: str = ""
     # How the publisher hears of the outcome; not part of what a store keeps.
     sender: Sender | None = field(default=None, repr=False)
     _pending: set[str] = field(default_factory=set, repr=False)
     _payload: bytes = field(default=b"", repr=False)
 
+    def __post_init__(self) -> None:
+        if not self.body_json:
+            self.body_json = json.dumps(self.body, separators=(",", ":"))
+
+    @property
+    def size(self) -> int:
+        return len(self.body_json)
+
     def begin_publication(self, subscriber_ids: list[str]) -> bytes:
         """Fix the delivery set, and encode the subscriber payload once for all of them."""
         self.published_at = time.time()
         self._pending = set(subscriber_ids)
-        self._payload = json.dumps(
+        envelope = json.dumps(
             {
                 "id": self.id,
                 "seq": self.seq,
-                "body": self.body,
                 "headers": self.headers,
                 "published_at": self.published_at,
             },
             separators=(",", ":"),
-        ).encode()
+        )
+        # Splice the already-encoded body in rather than encoding it again.
+        self._payload = f'{envelope[:-1]},"body":{self.body_json}}}'.encode()
         return self._payload
 
     @property

@@ -13,6 +13,7 @@ from broker.counters import Counters
 
 if TYPE_CHECKING:
     from broker.lanes import Lane
+    from broker.store import MessageStore
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,10 @@ class SubscriberRegistry:
         open_lane: Callable[[Subscriber], Lane],
         on_subscribed: Callable[[], None],
         counters: Counters,
+        store: MessageStore,
     ) -> None:
         self._open_lane = open_lane
+        self._store = store
         self._on_subscribed = on_subscribed
         self._counters = counters
         self._lanes: dict[str, Lane] = {}
@@ -46,11 +49,20 @@ class SubscriberRegistry:
         if existing is not None:
             return self._lanes[existing].subscriber, False
         subscriber = Subscriber(callback)
-        self._lanes[subscriber.id] = self._open_lane(subscriber)
-        self._by_callback[callback] = subscriber.id
+        self._store.save_subscription(subscriber)
+        self._add(subscriber)
         log.info("subscribed %s %s", subscriber.id, callback)
-        self._on_subscribed()
         return subscriber, True
+
+    def restore(self, subscribers: list[Subscriber]) -> None:
+        """Take back the subscriptions a restarted broker had."""
+        for subscriber in subscribers:
+            self._add(subscriber)
+
+    def _add(self, subscriber: Subscriber) -> None:
+        self._lanes[subscriber.id] = self._open_lane(subscriber)
+        self._by_callback[subscriber.callback] = subscriber.id
+        self._on_subscribed()
 
     def unsubscribe(self, subscriber_id: str, reason: str | None = None) -> bool:
         """Remove a subscriber: at its own request (no reason) or because it failed."""
@@ -58,6 +70,7 @@ class SubscriberRegistry:
         if lane is None:
             return False
         self._by_callback.pop(lane.subscriber.callback, None)
+        self._store.delete_subscription(subscriber_id)
         if reason is None:
             self._counters.unsubscribed += 1
             log.info("unsubscribed %s %s", subscriber_id, lane.subscriber.callback)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ValidationError
 
 from broker.core import Broker, Draining, QueueFull
 from broker.requests_schema import PublishRequest, SubscribeRequest
-from broker.senders import SyncSender
+from broker.sqlite_store import StoreError
 from groker_common.web import error
 
 api = Blueprint("api", __name__)
@@ -58,12 +58,18 @@ def publish():
         return error(503, "queue full", "try again later", Retry_After="1")
     except Draining:
         return error(503, "shutting down", "try again later", Retry_After="5")
-    location = url_for("api.get_message", message_id=message.id)
-    if isinstance(message.sender, SyncSender):
-        if message.sender.wait(broker.settings.sync_timeout):
-            return message.outcome(), 200
-        return message.outcome(), 504, {"Location": location}
-    return message.outcome(), 202, {"Location": location}
+    except StoreError as exc:
+        return error(503, "store unavailable", str(exc), Retry_After="5")
+    location = {"Location": url_for("api.get_message", message_id=message.id)}
+    if req.mode == "async":
+        return message.outcome(), 202, location
+    outcome = broker.wait_published(message)
+    if outcome == "published":
+        return message.outcome(), 200
+    if outcome == "draining":
+        # Accepted and stored: it is published after the restart; poll Location for it.
+        return message.outcome(), 503, {**location, "Retry-After": "5"}
+    return message.outcome(), 504, location
 
 
 @api.get("/messages/<message_id>")

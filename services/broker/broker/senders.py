@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import gevent.event
 import gevent.lock
@@ -36,14 +37,21 @@ class Sender(ABC):
 
 class SyncSender(Sender):
     def __init__(self) -> None:
-        self._published = gevent.event.Event()
+        self._woken = gevent.event.Event()
+        self.abandoned = False
 
     def on_published(self, message: Message) -> None:
-        self._published.set()
+        self._woken.set()
+
+    def abandon(self) -> None:
+        """The broker is stopping: answer now; the message stays queued in the store."""
+        self.abandoned = True
+        self._woken.set()
 
     def wait(self, timeout: float) -> bool:
-        """Block this request's greenlet until published; False if the timeout came first."""
-        return self._published.wait(timeout)
+        """Block this request's greenlet until published or abandoned (True), or the
+        timeout (False)."""
+        return self._woken.wait(timeout)
 
 
 class AsyncSender(Sender):
@@ -65,9 +73,11 @@ class CallbackNotifier:
         counters: Counters,
         attempts: int,
         timeout: float,
+        on_done: Callable[[Message], None],
         max_concurrent: int = 64,
     ) -> None:
         self._http = http
+        self._on_done = on_done
         self._counters = counters
         self._attempts = attempts
         self._timeout = timeout
@@ -75,11 +85,11 @@ class CallbackNotifier:
         self._group = gevent.pool.Group()
 
     def notify(self, message: Message) -> None:
-        assert message.callback is not None
-        body = json.dumps(message.outcome()).encode()
-        self._group.spawn(self._send, message.callback, body, message.id)
+        self._group.spawn(self._send, message, json.dumps(message.outcome()).encode())
 
-    def _send(self, url: str, body: bytes, message_id: str) -> None:
+    def _send(self, message: Message, body: bytes) -> None:
+        assert message.callback is not None
+        url = message.callback
         retrying = Retrying(
             stop=stop_after_attempt(self._attempts),
             wait=wait_exponential(multiplier=0.2, max=2),
@@ -91,9 +101,10 @@ class CallbackNotifier:
                 retrying(self._post, url, body)
             except Exception as exc:  # RetryError or the last attempt's own error
                 self._counters.notifications_failed += 1
-                log.warning("notification for %s to %s failed: %s", message_id, url, exc)
-                return
-        self._counters.notifications_sent += 1
+                log.warning("notification for %s to %s failed: %s", message.id, url, exc)
+            else:
+                self._counters.notifications_sent += 1
+        self._on_done(message)
 
     def _post(self, url: str, body: bytes) -> int:
         try:

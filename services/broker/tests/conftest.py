@@ -69,7 +69,9 @@ def make_sink() -> Iterator[Callable[..., Sink]]:
 
 @pytest.fixture
 def settings() -> BrokerSettings:
-    return BrokerSettings(delivery_timeout=1.0, sync_timeout=5.0, notify_timeout=1.0)
+    return BrokerSettings(
+        store="memory", delivery_timeout=1.0, sync_timeout=5.0, notify_timeout=1.0
+    )
 
 
 @pytest.fixture

@@ -174,7 +174,7 @@ def test_failed_notification_is_counted_and_does_not_block_the_queue(broker, mak
 
 
 def test_full_queue_refuses_and_keeps_what_it_holds(make_sink):
-    broker = Broker(BrokerSettings(max_queue_length=3))
+    broker = Broker(BrokerSettings(store="memory", max_queue_length=3))
     broker.start()
     try:
         kept = [broker.publish(n) for n in range(3)]
@@ -191,7 +191,7 @@ def test_full_queue_refuses_and_keeps_what_it_holds(make_sink):
 
 
 def test_bounded_lane_holds_the_dispatcher_only_until_the_hung_subscriber_is_removed(make_sink):
-    broker = Broker(BrokerSettings(lane_capacity=2, delivery_timeout=0.5))
+    broker = Broker(BrokerSettings(store="memory", lane_capacity=2, delivery_timeout=0.5))
     broker.start()
     release = gevent.event.Event()
     try:
@@ -204,4 +204,17 @@ def test_bounded_lane_holds_the_dispatcher_only_until_the_hung_subscriber_is_rem
         assert len(broker.registry) == 1
     finally:
         release.set()
+        broker.stop()
+
+
+def test_queue_is_bounded_in_bytes_too():
+    broker = Broker(BrokerSettings(store="memory", max_queue_bytes=2048))
+    broker.start()
+    try:
+        broker.publish("x" * 1500)
+        with pytest.raises(QueueFull):
+            broker.publish("y" * 1000)
+        assert broker.stats()["unpublished_bytes"] == 1502  # the JSON text of the body
+        broker.publish("z" * 100)  # a smaller one still fits
+    finally:
         broker.stop()

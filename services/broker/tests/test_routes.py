@@ -36,7 +36,7 @@ def test_sync_publish_answers_after_delivery(client, make_sink):
 
 
 def test_sync_publish_times_out_with_504_and_is_still_published_later(make_app, make_sink):
-    client = make_app(BrokerSettings(sync_timeout=0.2)).test_client()
+    client = make_app(BrokerSettings(store="memory", sync_timeout=0.2)).test_client()
     answer = client.post("/messages", json={"body": "late", "mode": "sync"})
     assert answer.status_code == 504
     data = answer.get_json()
@@ -63,7 +63,7 @@ def test_subscriptions_create_list_get_delete(client, make_sink):
 
 
 def test_queue_full_answers_503_with_retry_after(make_app):
-    client = make_app(BrokerSettings(max_queue_length=2)).test_client()
+    client = make_app(BrokerSettings(store="memory", max_queue_length=2)).test_client()
     for n in range(2):
         assert client.post("/messages", json={"body": n}).status_code == 202
     full = client.post("/messages", json={"body": 2})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from client.inbox import Inbox
-from client.routes import api
+from client.routes import Fault, api
 from client.settings import ClientSettings
 from client.subscription import Subscription
 from groker_common.http import HttpPool
@@ -20,6 +20,8 @@ def create_app(settings: ClientSettings | None = None, subscribe: bool = True) -
     subscription = Subscription(
         settings.broker_url, settings.own_callback_url(), settings.resubscribe_interval, HttpPool()
     )
+    app.config["FAULT_INJECTION"] = settings.fault_injection
+    app.extensions["groker_fault"] = Fault()
     app.extensions["groker_inbox"] = Inbox(settings.keep_recent)
     app.extensions["groker_subscription"] = subscription
     app.extensions["groker_on_stop"] = subscription.stop

@@ -15,7 +15,7 @@ from groker_common.testing import serve, serve_app_at_its_url
 @pytest.fixture
 def broker_url() -> Iterator[str]:
     """A real broker, served on loopback in this process."""
-    app = create_broker(BrokerSettings(delivery_timeout=1.0))
+    app = create_broker(BrokerSettings(store="memory", delivery_timeout=1.0))
     server, url = serve(app)
     yield url
     server.stop(timeout=0)

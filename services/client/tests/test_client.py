@@ -66,3 +66,19 @@ def test_drops_a_redelivered_message_and_refuses_malformed_ones():
     stats = client.get("/messages").get_json()
     assert (stats["received"], stats["duplicates"]) == (1, 1)
     assert client.get("/readyz").status_code == 503  # never subscribed
+
+
+def test_fault_injection_is_off_unless_enabled_then_fails_deliveries():
+    off = create_app(ClientSettings(callback_url="http://127.0.0.1:1/x"), subscribe=False)
+    assert off.test_client().put("/fault", json={"status": 500}).status_code == 404
+    app = create_app(
+        ClientSettings(callback_url="http://127.0.0.1:1/x", fault_injection=True), subscribe=False
+    )
+    client = app.test_client()
+    assert client.put("/fault", json={"status": 99}).status_code == 400
+    assert client.put("/fault", json={"status": 500}).status_code == 200
+    delivery = {"id": "a", "seq": 1, "body": 1}
+    assert client.post("/messages", json=delivery).status_code == 500
+    assert client.put("/fault", json={"status": None}).status_code == 200
+    assert client.post("/messages", json=delivery).status_code == 200
+    assert client.get("/messages").get_json()["received"] == 1

@@ -84,24 +84,30 @@ class Publisher:
     def _send(self, payload: dict, sent_at: float) -> float:
         mode = payload["mode"]
         try:
-            status, answer = self._http.request_json(
+            status, answer, headers = self._http.exchange_json(
                 "POST", f"{self._url}/messages", payload, timeout=self._settings.sync_timeout + 5
             )
         except Exception as exc:
             self._stats.errors += 1
             log.warning("publish failed: %s", exc)
             return 1.0
-        if status in (200, 202, 504):
+        finally:
+            if mode == "sync":
+                waited = time.time() - sent_at
+                self._stats.max_sync_wait = max(self._stats.max_sync_wait, waited)
+        if isinstance(answer, dict) and "seq" in answer and status in (200, 202, 503, 504):
+            # Accepted. A sync publish answered 504 (timed out) or 503 (broker stopping)
+            # is still queued and will be published: find out when by polling.
             self._stats.accepted_message(answer["id"], mode, sent_at)
             if status == 200:
                 self._stats.confirm(answer["id"])
-            elif status == 504:
-                self._stats.sync_timeouts += 1
+            elif status != 202:
+                self._stats.sync_timeouts += status == 504
                 self._in_flight.spawn(self._poll_until_published, answer["id"])
             return 0.0
         if status == 503:
             self._stats.rejected += 1
-            return float(answer.get("retry_after", 1)) if isinstance(answer, dict) else 1.0
+            return _retry_after(headers)
         self._stats.errors += 1
         log.warning("publish answered %s: %s", status, answer)
         return 0.0
@@ -120,3 +126,11 @@ class Publisher:
                 self._stats.confirm(message_id)
             elif status == 404:
                 return
+
+
+def _retry_after(headers: dict[str, str]) -> float:
+    """Honour the broker's Retry-After (seconds), within reason."""
+    try:
+        return min(60.0, max(0.0, float(headers.get("retry-after", "1"))))
+    except ValueError:
+        return 1.0

@@ -32,4 +32,4 @@ def notification():
 
 @api.get("/stats")
 def stats():
-    return _stats().as_dict(with_pending_ids=request.args.get("pending") == "1")
+    return _stats().as_dict(with_ids=request.args.get("ids") == "1")

@@ -22,9 +22,12 @@ class PublishStats:
     # id -> (mode, time sent) for messages accepted and not yet confirmed
     pending: dict[str, tuple[str, float]] = field(default_factory=dict)
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
+    accepted_ids: deque[str] = field(default_factory=lambda: deque(maxlen=100_000))
+    max_sync_wait: float = 0.0  # the longest a sync publish was held, answered or not
 
     def accepted_message(self, message_id: str, mode: str, sent_at: float) -> None:
         self.accepted += 1
+        self.accepted_ids.append(message_id)
         self.pending[message_id] = (mode, sent_at)
 
     def confirm(self, message_id: str) -> bool:
@@ -40,7 +43,7 @@ class PublishStats:
         self.latencies.append(time.time() - sent_at)
         return True
 
-    def as_dict(self, with_pending_ids: bool = False) -> dict[str, Any]:
+    def as_dict(self, with_ids: bool = False) -> dict[str, Any]:
         answer: dict[str, Any] = {
             "sent": self.sent,
             "accepted": self.accepted,
@@ -52,10 +55,12 @@ class PublishStats:
             "rejected": self.rejected,
             "errors": self.errors,
             "unknown_notifications": self.unknown_notifications,
+            "max_sync_wait_s": round(self.max_sync_wait, 3),
             "latency_ms": self._percentiles(),
         }
-        if with_pending_ids:
+        if with_ids:
             answer["pending_ids"] = list(self.pending)
+            answer["accepted_ids"] = list(self.accepted_ids)
         return answer
 
     def _percentiles(self) -> dict[str, float] | None:

@@ -53,7 +53,7 @@ def sink_app(environ, start_response):
 
 
 def test_publishes_sync_and_async_and_confirms_both(stack, http):
-    broker_url = start(stack, create_broker(BrokerSettings()))
+    broker_url = start(stack, create_broker(BrokerSettings(store="memory")))
     sink_server, sink_url = serve(sink_app)
     try:
         http.request_json("POST", f"{broker_url}/subscriptions", {"callback": sink_url})
@@ -74,7 +74,7 @@ def test_publishes_sync_and_async_and_confirms_both(stack, http):
 
 
 def test_backs_off_when_the_queue_is_full(stack):
-    broker_url = start(stack, create_broker(BrokerSettings(max_queue_length=3)))
+    broker_url = start(stack, create_broker(BrokerSettings(store="memory", max_queue_length=3)))
     app, _ = start_server(stack, broker_url, rate=200, sync_ratio=0)
     stats = app.extensions["groker_stats"]
     wait_until(lambda: stats.rejected >= 1, what="a 503")

@@ -1,0 +1,273 @@
+"""The durable store: the in-memory queue and index of `MemoryStore`, written through to
+SQLite in WAL mode.
+
+Writes go to one writer thread (sqlite3 blocks, and would stall every greenlet if called
+from the hub) in batches: whatever accumulated while the previous commit ran is committed
+together, so concurrent publishes share one fsync (group commit). A publish is answered
+only after the batch holding its message has committed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+import gevent
+import gevent.event
+from gevent.threadpool import ThreadPool
+
+from broker.messages import Message
+from broker.registry import Subscriber
+from broker.store import MemoryStore
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    body TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    callback TEXT,
+    accepted_at REAL NOT NULL,
+    status TEXT NOT NULL DEFAULT 'queued',
+    published_at REAL,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    notified INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS messages_by_status ON messages (status, seq);
+CREATE TABLE IF NOT EXISTS subscriptions (
+    id TEXT PRIMARY KEY,
+    callback TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL
+);
+"""
+
+INSERT_MESSAGE = (
+    "INSERT INTO messages (seq, id, body, headers, mode, callback, accepted_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+MARK_PUBLISHED = (
+    "UPDATE messages SET status = 'published', published_at = ?, delivered = ?, failed = ?,"
+    " notified = ? WHERE seq = ?"
+)
+MARK_NOTIFIED = "UPDATE messages SET notified = 1 WHERE seq = ?"
+INSERT_SUBSCRIPTION = (
+    "INSERT OR REPLACE INTO subscriptions (id, callback, created_at) VALUES (?, ?, ?)"
+)
+DELETE_SUBSCRIPTION = "DELETE FROM subscriptions WHERE id = ?"
+# Never prunes the newest row, so that seq carries on from it after a restart.
+PRUNE = (
+    "DELETE FROM messages WHERE status = 'published' AND seq < (SELECT MAX(seq) FROM messages)"
+    " AND (published_at < ? OR seq <= (SELECT MAX(seq) FROM messages) - ?)"
+)
+COLUMNS = (
+    "seq, id, body, headers, mode, callback, accepted_at, status, published_at,"
+    " delivered, failed, notified"
+)
+
+
+class StoreError(Exception):
+    """A write could not be made durable."""
+
+
+class SqliteStore(MemoryStore):
+    def __init__(
+        self,
+        path: str,
+        retention_count: int = 10_000,
+        retention_seconds: float = 3600,
+        synchronous: str = "FULL",
+    ) -> None:
+        super().__init__(retention_count, retention_seconds)
+        self._path = path
+        self._synchronous = synchronous
+        self._thread = ThreadPool(1)
+        self._conn: sqlite3.Connection | None = None
+        self._pending: list[tuple[str, tuple[Any, ...]]] = []
+        self._pending_done = gevent.event.AsyncResult()
+        self._wakeup = gevent.event.Event()
+        self._subscriptions: list[Subscriber] = []
+        self._closed = False
+        self.batches = 0
+        self._thread.apply(self._open)
+        self._load()
+        self._flusher = gevent.spawn(self._flush_forever)
+
+    # --- the writer thread -------------------------------------------------------------
+    def _open(self) -> None:
+        Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.executescript(SCHEMA)
+        self._conn = conn
+
+    def _commit(self, ops: list[tuple[str, tuple[Any, ...]]]) -> None:
+        assert self._conn is not None
+        self._conn.execute("BEGIN")
+        try:
+            for sql, group in groupby(ops, key=lambda op: op[0]):
+                self._conn.executemany(sql, [params for _, params in group])
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        assert self._conn is not None
+        return self._conn.execute(sql, params).fetchall()
+
+    # --- group commit --------------------------------------------------------------------
+    def _submit(self, sql: str, params: tuple[Any, ...], wait: bool) -> None:
+        self._pending.append((sql, params))
+        done = self._pending_done
+        self._wakeup.set()
+        if wait:
+            try:
+                done.get()
+            except Exception as exc:
+                raise StoreError(str(exc)) from exc
+
+    def _flush_forever(self) -> None:
+        while not self._closed:
+            self._wakeup.wait()
+            self._wakeup.clear()
+            self._flush()
+
+    def _flush(self) -> None:
+        while self._pending:
+            ops, done = self._pending, self._pending_done
+            self._pending, self._pending_done = [], gevent.event.AsyncResult()
+            try:
+                self._thread.apply(self._commit, (ops,))
+            except Exception as exc:
+                log.error("store write of %d operations failed: %s", len(ops), exc)
+                done.set_exception(exc)
+            else:
+                self.batches += 1
+                done.set(None)
+
+    # --- recovery --------------------------------------------------------------------------
+    def _load(self) -> None:
+        rows = self._thread.apply(
+            self._query,
+            (f"SELECT {COLUMNS} FROM messages WHERE status = 'queued' ORDER BY seq",),
+        )
+        for row in rows:
+            super().append(_message(row))
+        recent = self._thread.apply(
+            self._query,
+            (f"SELECT {COLUMNS} FROM messages WHERE status = 'published' ORDER BY seq DESC"
+             " LIMIT ?", (self._retention_count,)),
+        )  # fmt: skip
+        for row in reversed(recent):
+            message = _message(row)
+            self._recent[message.id] = message
+        (last,) = self._thread.apply(self._query, ("SELECT COALESCE(MAX(seq), 0) FROM messages",))
+        self._last_seq = last[0]
+        self._subscriptions = [
+            Subscriber(callback=cb, id=sid, created_at=at)
+            for sid, cb, at in self._thread.apply(
+                self._query, ("SELECT id, callback, created_at FROM subscriptions",)
+            )
+        ]
+        if rows or recent or self._subscriptions:
+            log.info(
+                "recovered %d queued messages, %d recent, %d subscriptions; seq goes on from %d",
+                len(rows),
+                len(recent),
+                len(self._subscriptions),
+                self._last_seq,
+            )
+
+    # --- the MessageStore interface ----------------------------------------------------------
+    def append(self, message: Message) -> None:
+        # In the in-memory queue at once, so that seq order and queue order agree; the
+        # publisher hears back only once the row is committed.
+        super().append(message)
+        self._submit(
+            INSERT_MESSAGE,
+            (
+                message.seq,
+                message.id,
+                message.body_json,
+                json.dumps(message.headers),
+                message.mode,
+                message.callback,
+                message.accepted_at,
+            ),
+            wait=True,
+        )
+
+    def mark_published(self, message: Message) -> None:
+        super().mark_published(message)
+        # No callback means nothing to notify: recorded as notified.
+        notified = message.notified or not message.callback
+        self._submit(
+            MARK_PUBLISHED,
+            (message.published_at, message.delivered, message.failed, notified, message.seq),
+            wait=False,
+        )
+
+    def mark_notified(self, message: Message) -> None:
+        super().mark_notified(message)
+        self._submit(MARK_NOTIFIED, (message.seq,), wait=False)
+
+    def prune(self) -> int:
+        pruned = super().prune()
+        cutoff = time.time() - self._retention_seconds
+        self._submit(PRUNE, (cutoff, self._retention_count), wait=False)
+        return pruned
+
+    def save_subscription(self, subscriber: Subscriber) -> None:
+        self._submit(
+            INSERT_SUBSCRIPTION,
+            (subscriber.id, subscriber.callback, subscriber.created_at),
+            wait=True,
+        )
+
+    def delete_subscription(self, subscriber_id: str) -> None:
+        self._submit(DELETE_SUBSCRIPTION, (subscriber_id,), wait=False)
+
+    def subscriptions(self) -> list[Subscriber]:
+        return list(self._subscriptions)
+
+    def close(self) -> None:
+        """Commit what is pending (finishing a batch under way first), then close."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wakeup.set()
+        self._flusher.join(timeout=30)
+        self._flush()
+        if self._conn is not None:
+            self._thread.apply(self._conn.close)
+            self._conn = None
+        self._thread.kill()
+
+
+def _message(row: tuple[Any, ...]) -> Message:
+    seq, mid, body, headers, mode, callback, accepted_at, status, published_at, *counts = row
+    delivered, failed, notified = counts
+    return Message(
+        id=mid,
+        seq=seq,
+        body=json.loads(body),
+        headers=json.loads(headers),
+        mode=mode,
+        callback=callback,
+        accepted_at=accepted_at,
+        status=status,
+        published_at=published_at,
+        delivered=delivered,
+        failed=failed,
+        notified=bool(notified),
+        body_json=body,
+    )
