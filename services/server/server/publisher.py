@@ -22,15 +22,24 @@ class Publisher:
         self._stats = stats
         self._http = http
         self._url = settings.broker_url.rstrip("/")
+        self.rate = settings.rate
+        self.sync_ratio = settings.sync_ratio
         self._source = socket.gethostname()
         self._greenlet: gevent.Greenlet | None = None
         self._stopping = gevent.event.Event()
+        self._rate_changed = gevent.event.Event()
         self._in_flight = gevent.pool.Group()  # sync publishes and polls still waiting
         self.broker_ready = False
 
     def start(self) -> None:
-        if self._settings.rate > 0:
-            self._greenlet = gevent.spawn(self._run)
+        self._greenlet = gevent.spawn(self._run)
+
+    def set_rate(self, rate: float, sync_ratio: float | None = None) -> None:
+        """Change the pace while running (PUT /rate); 0 pauses publishing."""
+        self.rate = rate
+        if sync_ratio is not None:
+            self.sync_ratio = sync_ratio
+        self._rate_changed.set()
 
     def stop(self) -> None:
         """Publish no more; a publish under way finishes and gets its answer."""
@@ -45,14 +54,18 @@ class Publisher:
 
     def _run(self) -> None:
         self._wait_for_broker()
-        interval = 1.0 / self._settings.rate
         next_at = time.monotonic()
         n = 0
         while not self._stopping.is_set():
+            if self.rate <= 0:
+                self._rate_changed.clear()
+                gevent.wait([self._stopping, self._rate_changed])
+                next_at = time.monotonic()
+                continue
             n += 1
-            mode = "sync" if random.random() < self._settings.sync_ratio else "async"
+            mode = "sync" if random.random() < self.sync_ratio else "async"
             backoff = self.publish_one(n, mode)
-            next_at = max(next_at + interval, time.monotonic() + backoff)
+            next_at = max(next_at + 1.0 / self.rate, time.monotonic() + backoff)
             self._stopping.wait(max(0.0, next_at - time.monotonic()))
 
     def _wait_for_broker(self) -> None:

@@ -7,6 +7,7 @@ from typing import cast
 from flask import Blueprint, current_app, request
 
 from groker_common.web import error
+from server.publisher import Publisher
 from server.stats import PublishStats
 
 api = Blueprint("api", __name__)
@@ -32,4 +33,23 @@ def notification():
 
 @api.get("/stats")
 def stats():
-    return _stats().as_dict(with_ids=request.args.get("ids") == "1")
+    publisher = cast(Publisher, current_app.extensions["groker_publisher"])
+    answer = _stats().as_dict(with_ids=request.args.get("ids") == "1")
+    return {**answer, "rate": publisher.rate, "sync_ratio": publisher.sync_ratio}
+
+
+@api.put("/rate")
+def set_rate():
+    """Change the load while running: {"rate": messages/s (0 pauses), "sync_ratio": 0..1}."""
+    spec = request.get_json(silent=True)
+    rate = spec.get("rate") if isinstance(spec, dict) else None
+    ratio = spec.get("sync_ratio") if isinstance(spec, dict) else None
+    if not (
+        isinstance(rate, int | float)
+        and 0 <= rate <= 10_000
+        and (ratio is None or (isinstance(ratio, int | float) and 0 <= ratio <= 1))
+    ):
+        return error(400, "invalid rate", '{"rate": 0-10000, "sync_ratio": 0-1 (optional)}')
+    publisher = cast(Publisher, current_app.extensions["groker_publisher"])
+    publisher.set_rate(float(rate), None if ratio is None else float(ratio))
+    return {"rate": publisher.rate, "sync_ratio": publisher.sync_ratio}

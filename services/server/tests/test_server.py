@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import gevent
 import pytest
 
 from broker.app import create_app as create_broker
@@ -93,3 +94,20 @@ def test_notification_webhook_checks_what_it_gets(stack):
     for bad in ({"status": "published"}, {"id": 1}, {"id": "x", "status": "queued"}, [1]):
         answer = client.post("/notifications", json=bad)
         assert answer.status_code == 400 and answer.get_json()["error"] == "invalid notification"
+
+
+def test_rate_can_be_changed_while_running(stack):
+    broker_url = start(stack, create_broker(BrokerSettings(store="memory")))
+    app, _ = start_server(stack, broker_url, rate=0)
+    client = app.test_client()
+    stats = app.extensions["groker_stats"]
+    assert client.put("/rate", json={"rate": -1}).status_code == 400
+    assert client.put("/rate", json={"rate": 1, "sync_ratio": 2}).status_code == 400
+    assert stats.sent == 0  # rate 0 publishes nothing
+    answer = client.put("/rate", json={"rate": 100, "sync_ratio": 0})
+    assert answer.get_json() == {"rate": 100.0, "sync_ratio": 0.0}
+    wait_until(lambda: stats.sent >= 5, what="publishing at the new rate")
+    client.put("/rate", json={"rate": 0})
+    sent = stats.sent
+    gevent.sleep(0.2)
+    assert stats.sent <= sent + 1
