@@ -27,7 +27,10 @@ E2E_ENV = {
     "GROKER_DELIVERY_TIMEOUT": "2",
     "GROKER_RESUBSCRIBE_INTERVAL": "1",
     "GROKER_SYNC_TIMEOUT": "10",
+    "GROKER_DRAIN_TIMEOUT": "5",
+    "GROKER_FAULT_INJECTION": "1",
 }
+SYNC_TIMEOUT = float(E2E_ENV["GROKER_SYNC_TIMEOUT"])
 
 
 def _docker_ready() -> str | None:
@@ -122,6 +125,18 @@ class System:
 
     def server_stats(self) -> dict:
         return self.call("GET", f"{self.server_url}/stats")[1]
+
+    def server_ids(self) -> tuple[list[str], set[str]]:
+        """The ids the load generator got accepted (newest 100,000), and those still pending."""
+        answer = self.call("GET", f"{self.server_url}/stats?ids=1")[1]
+        return answer["accepted_ids"], set(answer["pending_ids"])
+
+    def set_rate(self, rate: float, sync_ratio: float | None = None) -> None:
+        spec: dict[str, float] = {"rate": rate}
+        if sync_ratio is not None:
+            spec["sync_ratio"] = sync_ratio
+        status, answer = self.call("PUT", f"{self.server_url}/rate", spec)
+        assert status == 200, answer
 
     def received(self, callback: str) -> list[dict]:
         """What one client has received: it serves that list at its own webhook URL."""

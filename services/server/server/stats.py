@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,23 +24,33 @@ class PublishStats:
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
     accepted_ids: deque[str] = field(default_factory=lambda: deque(maxlen=100_000))
     max_sync_wait: float = 0.0  # the longest a sync publish was held, answered or not
+    # Notifications that came before we had read the broker's 202 for that id (a fast
+    # publish can beat our own bookkeeping), or repeats after a broker restart.
+    early: OrderedDict[str, float] = field(default_factory=OrderedDict)
 
     def accepted_message(self, message_id: str, mode: str, sent_at: float) -> None:
         self.accepted += 1
         self.accepted_ids.append(message_id)
         self.pending[message_id] = (mode, sent_at)
+        confirmed_at = self.early.pop(message_id, None)
+        if confirmed_at is not None:
+            self.confirm(message_id, confirmed_at)
 
-    def confirm(self, message_id: str) -> bool:
-        """The message was published; False if it was not pending (unknown or repeated)."""
+    def confirm(self, message_id: str, at: float | None = None) -> bool:
+        """The message was published; False if it was not pending (not yet known to be
+        accepted, or a repeat)."""
         entry = self.pending.pop(message_id, None)
         if entry is None:
+            self.early[message_id] = at or time.time()
+            while len(self.early) > 10_000:
+                self.early.popitem(last=False)
             return False
         mode, sent_at = entry
         if mode == "sync":
             self.confirmed_sync += 1
         else:
             self.confirmed_async += 1
-        self.latencies.append(time.time() - sent_at)
+        self.latencies.append((at or time.time()) - sent_at)
         return True
 
     def as_dict(self, with_ids: bool = False) -> dict[str, Any]:

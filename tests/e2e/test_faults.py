@@ -1,0 +1,132 @@
+"""Nothing accepted is lost: the broker killed and restarted under load, subscribers that
+hang or fail, and hostile input, all against the real compose deployment."""
+
+from __future__ import annotations
+
+import pytest
+
+from bad_requests import BAD_INPUTS
+
+from .conftest import SYNC_TIMEOUT, System, poll
+from .test_system import marker, seqs_between
+
+
+@pytest.fixture
+def under_load(three_clients: System):
+    """50 messages a second, mostly async, for the length of a test."""
+    three_clients.set_rate(50, sync_ratio=0.1)
+    yield three_clients
+    three_clients.set_rate(5, sync_ratio=0.5)
+
+
+def assert_all_accepted_were_published(system: System, accepted: list[str]) -> None:
+    """Every id the broker answered 202 (or sync 200/504/503) for is published: the load
+    generator got its confirmation, and the broker says so at GET /messages/<id>."""
+    poll(
+        lambda: not (set(accepted) & system.server_ids()[1]),
+        timeout=60,
+        what="confirmations for every accepted message",
+    )
+    statuses = {system.message(mid).get("status") for mid in accepted}
+    assert statuses == {"published"}
+
+
+def assert_each_client_got_every_seq_in_order_since(system: System, first: int) -> None:
+    """Each client's received seqs from `first` on (duplicates already dropped by the
+    client) are strictly increasing and without a gap."""
+    for sub in system.subscriptions():
+        seqs = [m["seq"] for m in system.received(sub["callback"]) if m["seq"] >= first]
+        assert seqs == sorted(set(seqs)), "out of order or repeated after dropping duplicates"
+        assert seqs == list(range(first, first + len(seqs))), "a gap"
+        assert len(seqs) >= 100
+
+
+def test_broker_killed_three_times_under_load_loses_nothing(under_load: System):
+    system = under_load
+    start = marker(system)
+    for _ in range(3):
+        floor = system.stats()["accepted"]
+        poll(lambda floor=floor: system.stats()["accepted"] >= floor + 100, what="load")
+        system.compose("kill", "-s", "KILL", "broker")
+        system.compose("up", "-d", "--wait", "broker")
+        system.wait_ready()
+    poll(lambda: system.stats()["published"] >= 100, what="publishing after the last restart")
+    accepted, _ = system.server_ids()
+    assert len(accepted) >= 300
+    assert_all_accepted_were_published(system, accepted)
+    assert_each_client_got_every_seq_in_order_since(system, start["seq"])
+    assert len(system.subscriptions()) == 3  # subscriptions survived the crashes
+
+
+def test_graceful_restart_under_load_loses_nothing_and_frees_sync_publishers(
+    under_load: System,
+):
+    system = under_load
+    start = marker(system)
+    poll(lambda: system.stats()["last_seq"] >= start["seq"] + 100, what="load")
+    system.compose("restart", "broker")
+    system.wait_ready()
+    poll(lambda: system.stats()["published"] >= 100, what="publishing after the restart")
+    accepted, _ = system.server_ids()
+    assert_all_accepted_were_published(system, accepted)
+    assert_each_client_got_every_seq_in_order_since(system, start["seq"])
+    # A sync publisher is answered by its timeout at the latest, restart or not.
+    assert system.server_stats()["max_sync_wait_s"] <= SYNC_TIMEOUT + 3
+
+
+def test_hung_and_failing_subscribers_are_removed_and_the_healthy_one_misses_nothing(
+    under_load: System,
+):
+    system = under_load
+    hung, failing, healthy = system.subscriptions()
+    hung_container = next(
+        c for c in system.client_containers() if system.container_ip(c) in hung["callback"]
+    )
+    start = marker(system)
+    system.call("PUT", failing["callback"].replace("/messages", "/fault"), {"status": 500})
+    system.docker("pause", hung_container)
+    try:
+        poll(
+            lambda: (
+                {s["id"] for s in system.subscriptions()} <= {healthy["id"], failing["id"]}
+                and hung["id"] not in {s["id"] for s in system.subscriptions()}
+            ),
+            what="the hung subscriber's removal",
+        )
+        poll(
+            lambda: failing["id"] not in {s["id"] for s in system.subscriptions()},
+            what="the failing subscriber's removal",
+        )
+        end = marker(system)
+        got = seqs_between(system.received(healthy["callback"]), start["seq"], end["seq"])
+        assert got == list(range(start["seq"], end["seq"] + 1))
+        assert system.stats()["removed"] >= 2
+    finally:
+        system.call("PUT", failing["callback"].replace("/messages", "/fault"), {"status": None})
+        system.docker("unpause", hung_container)
+
+
+def test_bad_input_gets_a_clear_4xx_and_leaves_the_queue_alone(system: System):
+    system.scale_clients(0)
+    system.set_rate(0)
+    try:
+        poll(lambda: system.stats()["unpublished"] == system.stats()["queue_length"])
+        kept = [marker(system, "async") for _ in range(3)]
+        before = system.stats()
+        for method, path, raw, content_type, status, message in BAD_INPUTS:
+            headers = {"Content-Type": content_type} if content_type else {}
+            body = raw.encode() if raw else b""
+            got, answer = system.http.request(
+                method, f"{system.broker_url}{path}", body, headers, timeout=10
+            )
+            assert (got, message) == (status, message), (method, path, (raw or "")[:80], answer)
+            assert b'"error"' in answer and b'"detail"' in answer
+        after = system.stats()
+        for key in ("accepted", "queue_length", "last_seq", "unpublished"):
+            assert after[key] == before[key], key
+        queued = [system.message(m["id"]) for m in kept]
+        assert [m["status"] for m in queued] == ["queued"] * 3
+        assert [m["seq"] for m in queued] == [m["seq"] for m in kept]
+    finally:
+        system.set_rate(5)
+        system.scale_clients(3)
