@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint unit e2e format clean
+.PHONY: run test lint unit e2e soak format clean
 
 run:
 	docker compose up --build --scale client=3
@@ -31,6 +31,12 @@ unit: $(BIN)/.installed
 
 e2e: $(BIN)/.installed
 	$(BIN)/python -m pytest tests/e2e
+
+# Soak the compose deployment: SOAK_SECONDS at SOAK_RATE msg/s; reports lost (must be 0).
+SOAK_SECONDS ?= 60
+SOAK_RATE ?= 100
+soak: $(BIN)/.installed
+	$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS) --rate $(SOAK_RATE)
 
 format: $(BIN)/.installed
 	$(BIN)/ruff check --fix .
