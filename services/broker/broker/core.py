@@ -171,6 +171,16 @@ class Broker:
             **self.counters.as_dict(),
         }
 
+    def snapshot(self, recent: int = 20) -> dict[str, Any]:
+        """Everything the dashboard shows: the stats, each subscriber with its lane, and
+        the newest messages."""
+        return {
+            "time": time.time(),
+            "stats": self.stats(),
+            "subscribers": [lane.describe() for lane in self.registry.lanes()],
+            "recent": [m.outcome() for m in self.store.recent(recent)],
+        }
+
     def _wake(self) -> None:
         self._dispatcher.wake()
 

@@ -67,11 +67,22 @@ class Lane:
         )
         self._current: Message | None = None
         self.closed = False
+        self.delivered = 0
+        self.failed = 0
         self._greenlet = gevent.spawn(self._run)
 
     @property
     def backlog(self) -> int:
         return self._queue.qsize()
+
+    def describe(self) -> dict[str, object]:
+        """The subscriber and how its lane is doing, for the dashboard."""
+        return {
+            **self.subscriber.describe(),
+            "backlog": self.backlog,
+            "delivered": self.delivered,
+            "failed": self.failed,
+        }
 
     @property
     def busy(self) -> bool:
@@ -107,8 +118,10 @@ class Lane:
     def _resolve(self, message: Message, delivered: bool) -> None:
         if delivered:
             self._counters.delivered += 1
+            self.delivered += 1
         else:
             self._counters.failed += 1
+            self.failed += 1
         if message.resolve(self.subscriber.id, delivered):
             self._on_published(message)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
+from itertools import chain, islice
 from typing import TYPE_CHECKING, Protocol
 
 from broker.messages import Message
@@ -54,6 +55,9 @@ class MessageStore(Protocol):
         """Published messages whose callback has not been told yet (after a restart)."""
 
     def oldest_queued_at(self) -> float | None: ...
+
+    def recent(self, limit: int) -> list[Message]:
+        """The newest messages, published or not, newest first."""
 
     def prune(self) -> int:
         """Forget published messages beyond the retention window; returns how many."""
@@ -126,6 +130,13 @@ class MemoryStore:
 
     def oldest_queued_at(self) -> float | None:
         return self._queue[0].accepted_at if self._queue else None
+
+    def recent(self, limit: int) -> list[Message]:
+        queued = islice(reversed(self._queue), limit)
+        in_flight = (m for m in self._unpublished.values() if m.published_at is not None)
+        published = islice(reversed(self._recent.values()), limit)
+        newest = sorted(chain(queued, in_flight, published), key=lambda m: m.seq, reverse=True)
+        return newest[:limit]
 
     def prune(self) -> int:
         cutoff = time.time() - self._retention_seconds

@@ -218,3 +218,19 @@ def test_queue_is_bounded_in_bytes_too():
         broker.publish("z" * 100)  # a smaller one still fits
     finally:
         broker.stop()
+
+
+def test_snapshot_shows_subscribers_with_their_lanes_and_the_newest_messages(broker, make_sink):
+    sink = make_sink()
+    broker.subscribe(sink.url)
+    messages = [broker.publish(n) for n in range(5)]
+    wait_until(lambda: broker.stats()["published"] == 5)
+    broker.unsubscribe(broker.registry.lanes()[0].subscriber.id)
+    waiting = broker.publish("no subscriber now")
+    broker.subscribe(make_sink(status=400).url)
+    snapshot = broker.snapshot(recent=3)
+    assert [m["seq"] for m in snapshot["recent"]][:1] == [waiting.seq]
+    assert [m["seq"] for m in snapshot["recent"]][1:] == [messages[-1].seq, messages[-2].seq]
+    (lane,) = snapshot["subscribers"]
+    assert set(lane) >= {"id", "callback", "backlog", "delivered", "failed"}
+    assert snapshot["stats"]["published"] >= 5
