@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from flask import Flask
 
+from broker.access import install_access_control
 from broker.core import Broker
+from broker.dashboard import dashboard
 from broker.routes import api
 from broker.settings import BrokerSettings
 from groker_common.logs import configure_logging
@@ -19,8 +21,10 @@ def create_app(settings: BrokerSettings | None = None) -> Flask:
     broker = Broker(settings)
     app.extensions["groker"] = broker
     install_json_errors(app)
+    install_access_control(app, settings)
     app.register_blueprint(health_blueprint(lambda: broker.ready and not broker.draining))
     app.register_blueprint(api)
+    app.register_blueprint(dashboard)
     app.extensions["groker_on_stop"] = broker.drain
     app.extensions["groker_on_exit"] = broker.stop
     broker.start()

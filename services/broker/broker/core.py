@@ -14,12 +14,14 @@ import gevent
 
 from broker.counters import Counters
 from broker.dispatcher import Dispatcher
+from broker.guard import CallbackGuard
 from broker.lanes import Lane
 from broker.messages import Message, Mode
 from broker.registry import Subscriber, SubscriberRegistry
 from broker.senders import AsyncSender, CallbackNotifier, Sender, SyncSender
 from broker.settings import BrokerSettings
 from broker.store import MessageStore, open_store
+from broker.verification import verify_intent
 from groker_common.http import HttpPool
 
 log = logging.getLogger(__name__)
@@ -46,11 +48,14 @@ class Broker:
         self.counters = Counters()
         self.store = store or open_store(self.settings)
         self._http = http or HttpPool()
+        self.guard = CallbackGuard(self.settings.allowed_networks)
         self._notifier = CallbackNotifier(
             self._http,
+            self.guard,
             self.counters,
             attempts=self.settings.notify_attempts,
             timeout=self.settings.notify_timeout,
+            secret=self.settings.callback_secret,
             on_done=self.store.mark_notified,
         )
         self.registry = SubscriberRegistry(self._open_lane, self._wake, self.counters, self.store)
@@ -112,6 +117,8 @@ class Broker:
         """Accept a message onto the tail of the queue; returns once it is stored."""
         if self.draining:
             raise Draining()
+        if callback is not None:
+            self.guard.check(callback)
         sender: Sender = SyncSender() if mode == "sync" else AsyncSender(self._notifier)
         message = Message(
             id=str(uuid.uuid4()),
@@ -148,6 +155,14 @@ class Broker:
         return "draining" if sender.abandoned else "timeout"
 
     def subscribe(self, callback: str) -> tuple[Subscriber, bool]:
+        """Subscribe a callback the guard allows, once it has echoed our challenge; the same
+        callback again is the same subscription (False), not checked again."""
+        self.guard.check(callback)
+        existing = self.registry.find(callback)
+        if existing is not None:
+            return existing, False
+        if self.settings.verify_subscriptions:
+            verify_intent(self._http, callback, self.settings.attempt_timeout)
         return self.registry.subscribe(callback)
 
     def unsubscribe(self, subscriber_id: str) -> bool:
@@ -188,6 +203,7 @@ class Broker:
         return Lane(
             subscriber,
             self._http,
+            self.guard,
             self.settings,
             self.counters,
             on_published=self._published,

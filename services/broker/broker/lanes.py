@@ -20,10 +20,12 @@ from tenacity import (
 )
 
 from broker.counters import Counters
+from broker.guard import CallbackGuard, RefusedDestination
 from broker.messages import Message
 from broker.registry import Subscriber
 from broker.settings import BrokerSettings
 from groker_common.http import HttpPool
+from groker_common.signatures import sign
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ class Unreachable(Exception):
 
 
 class Gone(Exception):
-    """410 Gone: the subscriber asked to be removed."""
+    """410 Gone (the subscriber asked to be removed), or its address is now refused."""
 
 
 class Lane:
@@ -43,6 +45,7 @@ class Lane:
         self,
         subscriber: Subscriber,
         http: HttpPool,
+        guard: CallbackGuard,
         settings: BrokerSettings,
         counters: Counters,
         on_published: Callable[[Message], None],
@@ -50,6 +53,7 @@ class Lane:
     ) -> None:
         self.subscriber = subscriber
         self._http = http
+        self._guard = guard
         self._timeout = settings.attempt_timeout
         self._counters = counters
         self._on_published = on_published
@@ -130,8 +134,8 @@ class Lane:
             message = self._current = self._queue.get()
             try:
                 status = self._retrying(self._post, message)
-            except Gone:
-                reason = "410 Gone"
+            except Gone as exc:
+                reason = str(exc)
             except Unreachable as exc:
                 reason = str(exc)
             else:
@@ -149,14 +153,18 @@ class Lane:
             return
 
     def _post(self, message: Message) -> int:
+        url = self.subscriber.callback
         try:
-            status, _ = self._http.request(
-                "POST", self.subscriber.callback, message.payload, DELIVERY_HEADERS, self._timeout
-            )
+            self._guard.check(url)  # again at delivery time: DNS can change
+        except RefusedDestination as exc:
+            raise Gone(f"callback now refused: {exc}") from exc
+        headers = DELIVERY_HEADERS | sign(self.subscriber.secret, message.id, message.payload)
+        try:
+            status, _ = self._http.request("POST", url, message.payload, headers, self._timeout)
         except Exception as exc:  # any transport failure means the same: not reached
             raise Unreachable(f"{type(exc).__name__}: {exc}") from exc
         if status == 410:
-            raise Gone()
+            raise Gone("410 Gone")
         if status >= 500:
             raise Unreachable(f"HTTP {status}")
         return status

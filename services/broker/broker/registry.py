@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from broker.counters import Counters
+from groker_common.signatures import new_secret
 
 if TYPE_CHECKING:
     from broker.lanes import Lane
@@ -23,6 +24,8 @@ class Subscriber:
     callback: str
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     created_at: float = field(default_factory=time.time)
+    # Signs every delivery to this subscriber; told to it only in the subscribe answer.
+    secret: str = field(default_factory=new_secret, repr=False)
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.id, "callback": self.callback, "created_at": self.created_at}
@@ -45,9 +48,9 @@ class SubscriberRegistry:
 
     def subscribe(self, callback: str) -> tuple[Subscriber, bool]:
         """Register a callback; the same callback again is the same subscription (False)."""
-        existing = self._by_callback.get(callback)
+        existing = self.find(callback)
         if existing is not None:
-            return self._lanes[existing].subscriber, False
+            return existing, False
         subscriber = Subscriber(callback)
         self._store.save_subscription(subscriber)
         self._add(subscriber)
@@ -79,6 +82,10 @@ class SubscriberRegistry:
             log.warning("removed %s %s: %s", subscriber_id, lane.subscriber.callback, reason)
         lane.close()
         return True
+
+    def find(self, callback: str) -> Subscriber | None:
+        subscriber_id = self._by_callback.get(callback)
+        return self._lanes[subscriber_id].subscriber if subscriber_id else None
 
     def get(self, subscriber_id: str) -> Subscriber | None:
         lane = self._lanes.get(subscriber_id)

@@ -8,8 +8,10 @@ from flask import Blueprint, current_app, request, url_for
 from pydantic import BaseModel, ValidationError
 
 from broker.core import Broker, Draining, QueueFull
+from broker.guard import RefusedDestination
 from broker.requests_schema import PublishRequest, SubscribeRequest
 from broker.sqlite_store import StoreError
+from broker.verification import VerificationFailed
 from groker_common.web import error
 
 api = Blueprint("api", __name__)
@@ -36,6 +38,21 @@ def _unsupported_media(_exc: UnsupportedMedia):
     return error(415, "unsupported media type", "send Content-Type: application/json")
 
 
+@api.errorhandler(RefusedDestination)
+def _refused(exc: RefusedDestination):
+    return error(400, "callback not allowed", str(exc))
+
+
+@api.errorhandler(VerificationFailed)
+def _unverified(exc: VerificationFailed):
+    return error(422, "callback verification failed", str(exc))
+
+
+@api.errorhandler(StoreError)
+def _store_failed(exc: StoreError):
+    return error(503, "store unavailable", str(exc), Retry_After="5")
+
+
 @api.errorhandler(ValidationError)
 def _invalid(exc: ValidationError):
     detail = [
@@ -58,8 +75,6 @@ def publish():
         return error(503, "queue full", "try again later", Retry_After="1")
     except Draining:
         return error(503, "shutting down", "try again later", Retry_After="5")
-    except StoreError as exc:
-        return error(503, "store unavailable", str(exc), Retry_After="5")
     location = {"Location": url_for("api.get_message", message_id=message.id)}
     if req.mode == "async":
         return message.outcome(), 202, location
@@ -85,7 +100,10 @@ def subscribe():
     req = _parse(SubscribeRequest)
     subscriber, created = _broker().subscribe(req.callback)
     location = url_for("api.get_subscription", subscriber_id=subscriber.id)
-    return subscriber.describe(), 201 if created else 200, {"Location": location}
+    # The signing secret goes only to whoever subscribes the callback (and to a repeat of
+    # that request, so a subscriber that restarts can learn it again); never listed.
+    answer = {**subscriber.describe(), "secret": subscriber.secret}
+    return answer, 201 if created else 200, {"Location": location}
 
 
 @api.get("/subscriptions")

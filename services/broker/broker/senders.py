@@ -23,8 +23,10 @@ from tenacity import (
 )
 
 from broker.counters import Counters
+from broker.guard import CallbackGuard
 from broker.messages import Message
 from groker_common.http import JSON_HEADERS, HttpPool
+from groker_common.signatures import sign
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +72,17 @@ class CallbackNotifier:
     def __init__(
         self,
         http: HttpPool,
+        guard: CallbackGuard,
         counters: Counters,
         attempts: int,
         timeout: float,
+        secret: str | None,
         on_done: Callable[[Message], None],
         max_concurrent: int = 64,
     ) -> None:
         self._http = http
+        self._guard = guard
+        self._secret = secret
         self._on_done = on_done
         self._counters = counters
         self._attempts = attempts
@@ -98,7 +104,8 @@ class CallbackNotifier:
         )
         with self._slots:
             try:
-                retrying(self._post, url, body)
+                self._guard.check(url)
+                retrying(self._post, url, body, message.id)
             except Exception as exc:  # RetryError or the last attempt's own error
                 self._counters.notifications_failed += 1
                 log.warning("notification for %s to %s failed: %s", message.id, url, exc)
@@ -106,9 +113,12 @@ class CallbackNotifier:
                 self._counters.notifications_sent += 1
         self._on_done(message)
 
-    def _post(self, url: str, body: bytes) -> int:
+    def _post(self, url: str, body: bytes, message_id: str) -> int:
+        headers = JSON_HEADERS
+        if self._secret:
+            headers = headers | sign(self._secret, message_id, body)
         try:
-            status, _ = self._http.request("POST", url, body, JSON_HEADERS, self._timeout)
+            status, _ = self._http.request("POST", url, body, headers, self._timeout)
         except Exception as exc:
             raise OSError(f"{type(exc).__name__}: {exc}") from exc
         return status

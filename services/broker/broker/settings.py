@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# A comma-separated list in the environment (or in a secrets file).
+CommaList = Annotated[list[str], NoDecode]
 
 
 class BrokerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GROKER_", frozen=True)
+    # Tokens and secrets may also come from files named like the variables in
+    # GROKER_SECRETS_DIR (compose secrets, Kubernetes secret volumes).
+    model_config = SettingsConfigDict(
+        env_prefix="GROKER_", frozen=True, secrets_dir=os.environ.get("GROKER_SECRETS_DIR")
+    )
 
     sync_timeout: float = Field(30.0, gt=0, description="seconds a sync publish waits")
     delivery_timeout: float = Field(
@@ -38,7 +46,36 @@ class BrokerSettings(BaseSettings):
     drain_timeout: float = Field(
         20.0, ge=0, description="seconds to finish deliveries under way when stopping"
     )
+    # --- who may talk to the broker, and where it may send webhooks -------------------
+    publish_tokens: CommaList = Field(
+        default_factory=list, description="bearer tokens for publishing; none: open"
+    )
+    manage_tokens: CommaList = Field(
+        default_factory=list, description="bearer tokens for managing subscriptions; none: open"
+    )
+    callback_secret: str | None = Field(
+        None, description="Standard Webhooks secret (whsec_...) signing publisher callbacks"
+    )
+    allowed_networks: CommaList = Field(
+        default_factory=list,
+        description="CIDRs callbacks may point into besides public addresses (loopback too)",
+    )
+    verify_subscriptions: bool = Field(
+        True, description="a new callback must echo a challenge before it is subscribed"
+    )
+    rate_limit: str | None = Field(
+        None, description="per token (or client address), e.g. '200/second'; none: unlimited"
+    )
+    max_header_count: int = Field(50, ge=10, description="request headers at most (then 431)")
+    max_header_bytes: int = Field(16_384, ge=1024, description="request headers' total size")
     log_level: str = "INFO"
+
+    @field_validator("publish_tokens", "manage_tokens", "allowed_networks", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.replace("\n", ",").split(",") if item.strip()]
+        return value
 
     @property
     def attempt_timeout(self) -> float:

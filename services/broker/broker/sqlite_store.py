@@ -45,7 +45,8 @@ CREATE INDEX IF NOT EXISTS messages_by_status ON messages (status, seq);
 CREATE TABLE IF NOT EXISTS subscriptions (
     id TEXT PRIMARY KEY,
     callback TEXT NOT NULL UNIQUE,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    secret TEXT NOT NULL
 );
 """
 
@@ -59,7 +60,7 @@ MARK_PUBLISHED = (
 )
 MARK_NOTIFIED = "UPDATE messages SET notified = 1 WHERE seq = ?"
 INSERT_SUBSCRIPTION = (
-    "INSERT OR REPLACE INTO subscriptions (id, callback, created_at) VALUES (?, ?, ?)"
+    "INSERT OR REPLACE INTO subscriptions (id, callback, created_at, secret) VALUES (?, ?, ?, ?)"
 )
 DELETE_SUBSCRIPTION = "DELETE FROM subscriptions WHERE id = ?"
 # Never prunes the newest row, so that seq carries on from it after a restart.
@@ -173,9 +174,9 @@ class SqliteStore(MemoryStore):
         (last,) = self._thread.apply(self._query, ("SELECT COALESCE(MAX(seq), 0) FROM messages",))
         self._last_seq = last[0]
         self._subscriptions = [
-            Subscriber(callback=cb, id=sid, created_at=at)
-            for sid, cb, at in self._thread.apply(
-                self._query, ("SELECT id, callback, created_at FROM subscriptions",)
+            Subscriber(callback=cb, id=sid, created_at=at, secret=secret)
+            for sid, cb, at, secret in self._thread.apply(
+                self._query, ("SELECT id, callback, created_at, secret FROM subscriptions",)
             )
         ]
         if rows or recent or self._subscriptions:
@@ -229,7 +230,7 @@ class SqliteStore(MemoryStore):
     def save_subscription(self, subscriber: Subscriber) -> None:
         self._submit(
             INSERT_SUBSCRIPTION,
-            (subscriber.id, subscriber.callback, subscriber.created_at),
+            (subscriber.id, subscriber.callback, subscriber.created_at, subscriber.secret),
             wait=True,
         )
 

@@ -19,6 +19,20 @@ from broker.app import create_app
 from broker.core import Broker
 from broker.settings import BrokerSettings
 from groker_common.testing import serve
+from groker_common.webhooks import verification_answer
+
+# In memory, fast timeouts, and loopback allowed: the sinks listen on 127.0.0.1.
+TEST_SETTINGS: dict[str, Any] = {
+    "store": "memory",
+    "delivery_timeout": 1.0,
+    "sync_timeout": 5.0,
+    "notify_timeout": 1.0,
+    "allowed_networks": ["127.0.0.0/8"],
+}
+
+
+def settings_for_tests(**overrides: Any) -> BrokerSettings:
+    return BrokerSettings(**(TEST_SETTINGS | overrides))
 
 
 @dataclass
@@ -27,18 +41,27 @@ class Sink:
 
     status: int = 200
     hold: gevent.event.Event | None = None  # while set to an unset Event, requests hang
+    echo_challenge: bool = True  # a willing subscriber answers the broker's challenge
     received: list[dict[str, Any]] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
     hits: int = 0
     server: WSGIServer | None = None
 
     def __call__(self, environ, start_response):
-        self.hits += 1
         length = int(environ.get("CONTENT_LENGTH") or 0)
         raw = environ["wsgi.input"].read(length)
+        challenge = verification_answer(raw)
+        if challenge is not None and self.echo_challenge:  # the broker asks: do we want it?
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [challenge]
+        self.hits += 1
+        self.headers.append({k: v for k, v in environ.items() if k.startswith("HTTP_")})
         if self.hold is not None:
             self.hold.wait()
         if 200 <= self.status < 300:
             self.received.append(json.loads(raw))
+            self.raw.append(raw)
         start_response(f"{self.status} X", [("Content-Type", "application/json")])
         return [b"{}"]
 
@@ -69,9 +92,7 @@ def make_sink() -> Iterator[Callable[..., Sink]]:
 
 @pytest.fixture
 def settings() -> BrokerSettings:
-    return BrokerSettings(
-        store="memory", delivery_timeout=1.0, sync_timeout=5.0, notify_timeout=1.0
-    )
+    return BrokerSettings(**TEST_SETTINGS)
 
 
 @pytest.fixture

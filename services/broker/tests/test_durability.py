@@ -18,14 +18,14 @@ from broker.settings import BrokerSettings
 from groker_common.http import HttpPool
 from groker_common.testing import wait_until
 
+from .conftest import settings_for_tests
+
 ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
 def durable(tmp_path) -> BrokerSettings:
-    return BrokerSettings(
-        store="sqlite", db_path=str(tmp_path / "groker.db"), delivery_timeout=1.0, drain_timeout=1
-    )
+    return settings_for_tests(store="sqlite", db_path=str(tmp_path / "groker.db"), drain_timeout=1)
 
 
 def rows(settings: BrokerSettings, sql: str) -> list[tuple]:
@@ -71,7 +71,7 @@ def test_concurrent_publishes_share_commits(durable):
 
 
 def test_published_messages_are_pruned_but_seq_never_repeats(tmp_path, make_sink):
-    settings = BrokerSettings(store="sqlite", db_path=str(tmp_path / "g.db"), retention_count=3)
+    settings = settings_for_tests(store="sqlite", db_path=str(tmp_path / "g.db"), retention_count=3)
     broker = Broker(settings)
     broker.start()
     sink = make_sink()
@@ -123,6 +123,7 @@ def test_a_broker_killed_with_sigkill_loses_nothing_it_accepted(tmp_path, make_s
         "PYTHONPATH": f"{ROOT / 'libs'}:{ROOT / 'services/broker'}",
         "GROKER_DB_PATH": str(tmp_path / "groker.db"),
         "GROKER_LOG_LEVEL": "WARNING",
+        "GROKER_ALLOWED_NETWORKS": "127.0.0.0/8",
     }
 
     def start_broker() -> tuple[subprocess.Popen, str]:

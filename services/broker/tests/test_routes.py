@@ -7,8 +7,9 @@ import json
 import pytest
 
 from bad_requests import BAD_INPUTS
-from broker.settings import BrokerSettings
 from groker_common.testing import wait_until
+
+from .conftest import settings_for_tests
 
 
 def test_async_publish_answers_202_with_id_seq_and_location(client):
@@ -35,7 +36,7 @@ def test_sync_publish_answers_after_delivery(client, make_sink):
 
 
 def test_sync_publish_times_out_with_504_and_is_still_published_later(make_app, make_sink):
-    client = make_app(BrokerSettings(store="memory", sync_timeout=0.2)).test_client()
+    client = make_app(settings_for_tests(sync_timeout=0.2)).test_client()
     answer = client.post("/messages", json={"body": "late", "mode": "sync"})
     assert answer.status_code == 504
     data = answer.get_json()
@@ -51,9 +52,11 @@ def test_subscriptions_create_list_get_delete(client, make_sink):
     created = client.post("/subscriptions", json={"callback": sink.url})
     assert created.status_code == 201
     sub = created.get_json()
-    assert set(sub) == {"id", "callback", "created_at"}
+    assert set(sub) == {"id", "callback", "created_at", "secret"}
+    assert sub["secret"].startswith("whsec_")
     again = client.post("/subscriptions", json={"callback": sink.url})
     assert again.status_code == 200 and again.get_json()["id"] == sub["id"]
+    del sub["secret"]  # told to the subscriber only, never listed
     assert client.get("/subscriptions").get_json() == {"subscriptions": [sub]}
     assert client.get(f"/subscriptions/{sub['id']}").get_json() == sub
     assert client.delete(f"/subscriptions/{sub['id']}").status_code == 204
@@ -62,7 +65,7 @@ def test_subscriptions_create_list_get_delete(client, make_sink):
 
 
 def test_queue_full_answers_503_with_retry_after(make_app):
-    client = make_app(BrokerSettings(store="memory", max_queue_length=2)).test_client()
+    client = make_app(settings_for_tests(max_queue_length=2)).test_client()
     for n in range(2):
         assert client.post("/messages", json={"body": n}).status_code == 202
     full = client.post("/messages", json={"body": 2})

@@ -21,6 +21,7 @@ def create_app(settings: ClientSettings | None = None, subscribe: bool = True) -
         settings.broker_url, settings.own_callback_url(), settings.resubscribe_interval, HttpPool()
     )
     app.config["FAULT_INJECTION"] = settings.fault_injection
+    app.config["VERIFY_SIGNATURES"] = settings.verify_signatures
     app.extensions["groker_fault"] = Fault()
     app.extensions["groker_inbox"] = Inbox(settings.keep_recent)
     app.extensions["groker_subscription"] = subscription

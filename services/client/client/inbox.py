@@ -16,6 +16,7 @@ class Inbox:
         self._out = out
         self.received = 0
         self.duplicates = 0
+        self.bad_signatures = 0
 
     def add(self, message: dict[str, Any]) -> bool:
         """Take a delivery; False if this id was already received (a redelivery)."""

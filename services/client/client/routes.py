@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import cast
 
@@ -9,7 +10,11 @@ import gevent
 from flask import Blueprint, current_app, request
 
 from client.inbox import Inbox
+from groker_common.signatures import WebhookVerificationError, verify
 from groker_common.web import error
+from groker_common.webhooks import verification_answer
+
+log = logging.getLogger(__name__)
 
 api = Blueprint("api", __name__)
 
@@ -27,8 +32,38 @@ def _inbox() -> Inbox:
     return cast(Inbox, current_app.extensions["groker_inbox"])
 
 
+def _signed_with(secret: str | None, raw: bytes) -> bool:
+    if secret is None:
+        return False
+    try:
+        verify(secret, raw, request.headers)
+    except WebhookVerificationError:
+        return False
+    return True
+
+
+def _verified(raw: bytes) -> bool:
+    """Is this delivery signed by the broker with our subscription's secret? If not with
+    the secret we hold, maybe with the one a subscribe call under way is about to bring."""
+    subscription = current_app.extensions["groker_subscription"]
+    held = subscription.secret
+    if _signed_with(held, raw):
+        return True
+    settled = subscription.settled_secret()
+    return settled != held and _signed_with(settled, raw)
+
+
 @api.post("/messages")
 def receive():
+    raw = request.get_data(cache=True)
+    challenge = verification_answer(raw)
+    if challenge is not None:  # the broker asking whether we want to be subscribed
+        return current_app.response_class(challenge, mimetype="application/json")
+    if current_app.config["VERIFY_SIGNATURES"] and not _verified(raw):
+        inbox = _inbox()
+        inbox.bad_signatures += 1
+        log.warning("refused a delivery with a missing, wrong or stale signature")
+        return error(401, "bad signature", "missing, wrong or stale webhook signature")
     message = request.get_json(silent=True)
     if not (
         isinstance(message, dict)
@@ -55,6 +90,7 @@ def recent():
         "callback": subscription.callback,
         "received": inbox.received,
         "duplicates": inbox.duplicates,
+        "bad_signatures": inbox.bad_signatures,
         "messages": inbox.recent(),
     }
 

@@ -21,6 +21,9 @@ class ClientSettings(BaseSettings):
         5.0, gt=0, description="seconds between checks that the broker still knows us"
     )
     keep_recent: int = Field(1000, ge=1, description="received messages kept for GET /messages")
+    verify_signatures: bool = Field(
+        True, description="refuse (401) deliveries not signed with our subscription's secret"
+    )
     fault_injection: bool = Field(
         False, description="serve PUT /fault, to make this replica fail on purpose (tests, demos)"
     )

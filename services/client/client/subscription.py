@@ -19,6 +19,9 @@ class Subscription:
         self._interval = interval
         self._http = http
         self.id: str | None = None
+        self.secret: str | None = None  # signs what the broker sends us; from its answer
+        self._answered = gevent.event.Event()
+        self._subscribing = gevent.lock.Semaphore()
         self._greenlet: gevent.Greenlet | None = None
 
     def start(self) -> None:
@@ -32,6 +35,17 @@ class Subscription:
     def ensure(self) -> bool:
         """Subscribing is idempotent: 200 means the broker still has us, 201 that it had
         forgotten us (or never knew) and we are subscribed anew."""
+        with self._subscribing:
+            return self._subscribe()
+
+    def settled_secret(self, timeout: float = 5.0) -> str | None:
+        """The secret once no subscribe call is under way. A delivery can beat the broker's
+        answer to our subscribe (it starts delivering as soon as it has registered us)."""
+        self._answered.wait(timeout)
+        with self._subscribing:
+            return self.secret
+
+    def _subscribe(self) -> bool:
         try:
             status, answer = self._http.request_json(
                 "POST", f"{self._url}/subscriptions", {"callback": self.callback}, timeout=5
@@ -46,8 +60,14 @@ class Subscription:
             if self.id is not None:
                 log.warning("broker had forgotten subscription %s; subscribed again", self.id)
             log.info("subscribed as %s with callback %s", answer["id"], self.callback)
-        self.id = answer["id"]
+        self.remember(answer)
         return True
+
+    def remember(self, answer: dict) -> None:
+        """Keep what the broker's answer to a subscribe says: our id and signing secret."""
+        self.id = answer["id"]
+        self.secret = answer.get("secret")
+        self._answered.set()
 
     def stop(self) -> None:
         """Unsubscribe for good; safe to call again (SIGTERM, then worker exit)."""

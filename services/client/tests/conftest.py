@@ -15,7 +15,9 @@ from groker_common.testing import serve, serve_app_at_its_url
 @pytest.fixture
 def broker_url() -> Iterator[str]:
     """A real broker, served on loopback in this process."""
-    app = create_broker(BrokerSettings(store="memory", delivery_timeout=1.0))
+    app = create_broker(
+        BrokerSettings(store="memory", delivery_timeout=1.0, allowed_networks=["127.0.0.0/8"])
+    )
     server, url = serve(app)
     yield url
     server.stop(timeout=0)

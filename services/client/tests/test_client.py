@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from client.app import create_app
 from client.settings import ClientSettings
 from groker_common.http import HttpPool
+from groker_common.signatures import new_secret, sign
 from groker_common.testing import wait_until
 
 http = HttpPool()
@@ -54,31 +58,80 @@ def test_unsubscribes_on_exit(broker_url, start_client):
     assert subscriptions(broker_url) == []
 
 
+def unsubscribed_app(**settings: Any):
+    """A client app that does not subscribe; it holds a secret as if it had."""
+    app = create_app(ClientSettings(callback_url="http://127.0.0.1:1/x", **settings), False)
+    app.extensions["groker_subscription"].remember({"id": "sub-1", "secret": new_secret()})
+    return app
+
+
+def deliver(app, payload: Any, secret: str | None = None, timestamp: int | None = None):
+    """POST a delivery signed the way the broker signs it (by default with the app's secret)."""
+    body = json.dumps(payload).encode()
+    headers = sign(secret or app.extensions["groker_subscription"].secret, "msg_1", body)
+    if timestamp is not None:
+        headers = sign_at(secret or app.extensions["groker_subscription"].secret, body, timestamp)
+    return app.test_client().post(
+        "/messages", data=body, headers=headers, content_type="application/json"
+    )
+
+
+def sign_at(secret: str, body: bytes, timestamp: int) -> dict[str, str]:
+    from datetime import UTC, datetime
+
+    from standardwebhooks.webhooks import Webhook
+
+    when = datetime.fromtimestamp(timestamp, tz=UTC)
+    return {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": Webhook(secret).sign("msg_1", when, body.decode()),
+    }
+
+
 def test_drops_a_redelivered_message_and_refuses_malformed_ones():
-    app = create_app(ClientSettings(callback_url="http://127.0.0.1:1/x"), subscribe=False)
-    client = app.test_client()
+    app = unsubscribed_app()
     delivery = {"id": "a", "seq": 7, "body": "hi", "headers": {}, "published_at": 0}
-    assert client.post("/messages", json=delivery).get_json()["duplicate"] is False
-    assert client.post("/messages", json=delivery).get_json()["duplicate"] is True
+    assert deliver(app, delivery).get_json()["duplicate"] is False
+    assert deliver(app, delivery).get_json()["duplicate"] is True
+    client = app.test_client()
     for bad in ({"seq": 1, "body": 1}, {"id": "b", "seq": "1", "body": 1}, [1], "x"):
-        answer = client.post("/messages", json=bad)
+        answer = deliver(app, bad)
         assert answer.status_code == 400 and answer.get_json()["error"] == "invalid delivery"
     stats = client.get("/messages").get_json()
     assert (stats["received"], stats["duplicates"]) == (1, 1)
-    assert client.get("/readyz").status_code == 503  # never subscribed
+    assert client.get("/healthz").status_code == 200
 
 
 def test_fault_injection_is_off_unless_enabled_then_fails_deliveries():
-    off = create_app(ClientSettings(callback_url="http://127.0.0.1:1/x"), subscribe=False)
+    off = unsubscribed_app()
     assert off.test_client().put("/fault", json={"status": 500}).status_code == 404
-    app = create_app(
-        ClientSettings(callback_url="http://127.0.0.1:1/x", fault_injection=True), subscribe=False
-    )
+    app = unsubscribed_app(fault_injection=True)
     client = app.test_client()
     assert client.put("/fault", json={"status": 99}).status_code == 400
     assert client.put("/fault", json={"status": 500}).status_code == 200
     delivery = {"id": "a", "seq": 1, "body": 1}
-    assert client.post("/messages", json=delivery).status_code == 500
+    assert deliver(app, delivery).status_code == 500
     assert client.put("/fault", json={"status": None}).status_code == 200
-    assert client.post("/messages", json=delivery).status_code == 200
+    assert deliver(app, delivery).status_code == 200
     assert client.get("/messages").get_json()["received"] == 1
+
+
+def test_forged_missing_and_stale_signatures_are_refused_and_counted():
+    app = unsubscribed_app()
+    delivery = {"id": "a", "seq": 1, "body": "forged"}
+    assert deliver(app, delivery, secret=new_secret()).status_code == 401  # wrong secret
+    plain = app.test_client().post("/messages", json=delivery)  # no signature at all
+    assert plain.status_code == 401 and plain.get_json()["error"] == "bad signature"
+    stale = deliver(app, delivery, timestamp=int(time.time()) - 600)  # replayed 10 min later
+    assert stale.status_code == 401
+    stats = app.test_client().get("/messages").get_json()
+    assert (stats["bad_signatures"], stats["received"]) == (3, 0)
+    assert deliver(app, delivery).status_code == 200  # the real thing still gets in
+
+
+def test_answers_the_brokers_subscription_challenge():
+    app = unsubscribed_app()
+    challenge = {"type": "subscription.verify", "challenge": "c-123"}
+    answer = app.test_client().post("/messages", json=challenge)
+    assert answer.status_code == 200 and answer.get_json() == {"challenge": "c-123"}

@@ -17,6 +17,7 @@ def create_app(settings: ServerSettings | None = None) -> Flask:
     settings = settings or ServerSettings()
     configure_logging("server", settings.log_level)
     app = Flask(__name__)
+    app.config["CALLBACK_SECRET"] = settings.callback_secret
     stats = PublishStats()
     publisher = Publisher(settings, stats, HttpPool())
     app.extensions["groker_stats"] = stats

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import cast
 
 from flask import Blueprint, current_app, request
 
+from groker_common.signatures import WebhookVerificationError, verify
 from groker_common.web import error
 from server.publisher import Publisher
 from server.stats import PublishStats
 
+log = logging.getLogger(__name__)
 api = Blueprint("api", __name__)
 
 
@@ -20,6 +23,14 @@ def _stats() -> PublishStats:
 @api.post("/notifications")
 def notification():
     """The broker tells us an async message of ours was published."""
+    secret = current_app.config["CALLBACK_SECRET"]
+    if secret:
+        try:
+            verify(secret, request.get_data(cache=True), request.headers)
+        except WebhookVerificationError:
+            _stats().bad_signatures += 1
+            log.warning("refused a notification with a missing, wrong or stale signature")
+            return error(401, "bad signature", "missing, wrong or stale webhook signature")
     note = request.get_json(silent=True)
     if not isinstance(note, dict) or not isinstance(note.get("id"), str):
         return error(400, "invalid notification", "expected a JSON object with an id")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ServerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GROKER_", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="GROKER_", frozen=True, secrets_dir=os.environ.get("GROKER_SECRETS_DIR")
+    )
 
     broker_url: str = "http://broker:8000"
     rate: float = Field(1.0, ge=0, description="messages per second; 0 publishes nothing")
@@ -17,4 +21,8 @@ class ServerSettings(BaseSettings):
         description="where the broker reaches this server's notification webhook",
     )
     sync_timeout: float = Field(30.0, gt=0, description="the broker's sync timeout")
+    publish_token: str | None = Field(None, description="bearer token sent when publishing")
+    callback_secret: str | None = Field(
+        None, description="the broker's GROKER_CALLBACK_SECRET: notifications must carry it"
+    )
     log_level: str = "INFO"

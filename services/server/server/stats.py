@@ -19,6 +19,7 @@ class PublishStats:
     rejected: int = 0
     errors: int = 0
     unknown_notifications: int = 0
+    bad_signatures: int = 0
     # id -> (mode, time sent) for messages accepted and not yet confirmed
     pending: dict[str, tuple[str, float]] = field(default_factory=dict)
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
@@ -65,6 +66,7 @@ class PublishStats:
             "rejected": self.rejected,
             "errors": self.errors,
             "unknown_notifications": self.unknown_notifications,
+            "bad_signatures": self.bad_signatures,
             "max_sync_wait_s": round(self.max_sync_wait, 3),
             "latency_ms": self._percentiles(),
         }

@@ -11,8 +11,16 @@ from broker.app import create_app as create_broker
 from broker.settings import BrokerSettings
 from groker_common.http import HttpPool
 from groker_common.testing import serve, serve_app_at_its_url, wait_until
+from groker_common.webhooks import verification_answer
 from server.app import create_app
 from server.settings import ServerSettings
+
+
+def broker_app(**overrides):
+    """A real broker in memory; loopback allowed, where the test's receivers listen."""
+    return create_broker(
+        BrokerSettings(store="memory", allowed_networks=["127.0.0.0/8"], **overrides)
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -48,13 +56,16 @@ def start_server(stack: list, broker_url: str, **overrides) -> tuple:
 
 
 def sink_app(environ, start_response):
-    environ["wsgi.input"].read()
+    challenge = verification_answer(environ["wsgi.input"].read())
+    if challenge is not None:
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [challenge]
     start_response("200 OK", [("Content-Type", "application/json")])
     return [b"{}"]
 
 
 def test_publishes_sync_and_async_and_confirms_both(stack, http):
-    broker_url = start(stack, create_broker(BrokerSettings(store="memory")))
+    broker_url = start(stack, broker_app())
     sink_server, sink_url = serve(sink_app)
     try:
         http.request_json("POST", f"{broker_url}/subscriptions", {"callback": sink_url})
@@ -75,7 +86,10 @@ def test_publishes_sync_and_async_and_confirms_both(stack, http):
 
 
 def test_backs_off_when_the_queue_is_full(stack):
-    broker_url = start(stack, create_broker(BrokerSettings(store="memory", max_queue_length=3)))
+    broker_url = start(
+        stack,
+        broker_app(max_queue_length=3),
+    )
     app, _ = start_server(stack, broker_url, rate=200, sync_ratio=0)
     stats = app.extensions["groker_stats"]
     wait_until(lambda: stats.rejected >= 1, what="a 503")
@@ -97,7 +111,7 @@ def test_notification_webhook_checks_what_it_gets(stack):
 
 
 def test_rate_can_be_changed_while_running(stack):
-    broker_url = start(stack, create_broker(BrokerSettings(store="memory")))
+    broker_url = start(stack, broker_app())
     app, _ = start_server(stack, broker_url, rate=0)
     client = app.test_client()
     stats = app.extensions["groker_stats"]

@@ -1,0 +1,68 @@
+"""The live dashboard at `/`: a static page that follows `Broker.snapshot()` over
+server-sent events.
+
+SSE rather than polling or WebSockets: one long-lived response per open page costs a
+greenlet under gunicorn+gevent, the browser's EventSource reconnects by itself, and it
+needs nothing beyond plain HTTP."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import cast
+
+import gevent
+from flask import Blueprint, Response, current_app
+
+from broker.core import Broker
+
+# Seconds between two events on a stream; the page's rate chart assumes about one a second.
+EVENT_INTERVAL = 1.0
+# How long the browser waits before reconnecting a dropped stream, in milliseconds.
+RECONNECT_MS = 2000
+
+dashboard = Blueprint(
+    "dashboard", __name__, static_folder="static", static_url_path="/dashboard/static"
+)
+
+
+def _broker() -> Broker:
+    return cast(Broker, current_app.extensions["groker"])
+
+
+def _event(broker: Broker) -> str:
+    return f"data: {json.dumps(broker.snapshot(), separators=(',', ':'))}\n\n"
+
+
+@dashboard.get("/")
+def page() -> Response:
+    return dashboard.send_static_file("dashboard.html")
+
+
+@dashboard.get("/dashboard/snapshot")
+def snapshot() -> dict:
+    return _broker().snapshot()
+
+
+@dashboard.get("/dashboard/events")
+def events() -> Response:
+    broker = _broker()
+
+    def stream() -> Iterator[str]:
+        yield f"retry: {RECONNECT_MS}\n"
+        # A client that goes away makes the server's next write fail, and the server then
+        # closes this generator at its `yield`; nothing else is needed to stop it.
+        # A draining broker ends the stream: an open one would hold the stopping worker for
+        # gunicorn's whole graceful timeout.
+        while not broker.draining:
+            yield _event(broker)
+            gevent.sleep(EVENT_INTERVAL)
+        yield _event(broker)  # the last one says it is draining, so the page can show why
+
+    return Response(
+        stream(),
+        mimetype="text/event-stream",
+        # No-cache, and no buffering by a proxy in front (nginx honours X-Accel-Buffering),
+        # so each event reaches the page when it is sent.
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
