@@ -21,11 +21,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
+TOKEN: str | None = None  # the publish token, for GET /messages/<id>
+
+
 def call(method: str, url: str, payload: Any = None, timeout: float = 10) -> Any:
     data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json"}
+    if TOKEN:
+        headers["Authorization"] = f"Bearer {TOKEN}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             return json.load(answer)
@@ -123,6 +127,10 @@ def main() -> int:
     server = os.environ.get("GROKER_E2E_SERVER_URL", "http://localhost:8001")
     if not args.no_manage:
         compose("up", "-d", "--build", "--wait", "--scale", f"client={args.clients}")
+    global TOKEN
+    TOKEN = os.environ.get("GROKER_E2E_PUBLISH_TOKEN") or compose(
+        "exec", "-T", "broker", "cat", "/secrets/GROKER_PUBLISH_TOKEN"
+    )
     try:
         wait_for(lambda: call("GET", f"{broker}/readyz").get("status") == "ready", 60)
         result = soak(broker, server, args.seconds, args.rate, args.sync_ratio)

@@ -63,21 +63,32 @@ class HttpPool:
         return status, raw  # the delivery hot path: no header dict built
 
     def request_json(
-        self, method: str, url: str, payload: Any = None, timeout: float = 5.0
+        self,
+        method: str,
+        url: str,
+        payload: Any = None,
+        timeout: float = 5.0,
+        token: str | None = None,
     ) -> tuple[int, Any]:
-        status, data, _ = self.exchange_json(method, url, payload, timeout)
+        status, data, _ = self.exchange_json(method, url, payload, timeout, token)
         return status, data
 
     def exchange_json(
-        self, method: str, url: str, payload: Any = None, timeout: float = 5.0
+        self,
+        method: str,
+        url: str,
+        payload: Any = None,
+        timeout: float = 5.0,
+        token: str | None = None,
     ) -> tuple[int, Any, dict[str, str]]:
-        """JSON in and out, with the answer's headers (lower-cased names)."""
+        """JSON in and out (with a bearer token if given), and the answer's headers."""
         body = b"" if payload is None else json.dumps(payload).encode()
-        status, raw, headers = self._exchange(method, url, body, JSON_HEADERS, timeout, True)
+        headers = JSON_HEADERS | {"Authorization": f"Bearer {token}"} if token else JSON_HEADERS
+        status, raw, answer_headers = self._exchange(method, url, body, headers, timeout, True)
         try:
-            return status, json.loads(raw) if raw else None, headers
+            return status, json.loads(raw) if raw else None, answer_headers
         except ValueError:
-            return status, raw.decode(errors="replace"), headers
+            return status, raw.decode(errors="replace"), answer_headers
 
     def _exchange(
         self,

@@ -66,6 +66,20 @@ class System:
         self.server_url = os.environ.get("GROKER_E2E_SERVER_URL", f"http://localhost:{port}")
         self.http = HttpPool()
         self.env = {**os.environ, **E2E_ENV}
+        self.tokens: dict[str, str | None] = {"publish": None, "manage": None}
+
+    def load_tokens(self) -> None:
+        """The deployment made its own tokens on first start; read them where it keeps them."""
+        for scope in ("publish", "manage"):
+            name = f"GROKER_{scope.upper()}_TOKEN"
+            self.tokens[scope] = os.environ.get(f"GROKER_E2E_{scope.upper()}_TOKEN") or (
+                self.compose("exec", "-T", "broker", "cat", f"/secrets/{name}").strip()
+                if self.manage
+                else None
+            )
+
+    def token_for(self, path: str) -> str | None:
+        return self.tokens["manage" if path.startswith("/subscriptions") else "publish"]
 
     # --- compose -------------------------------------------------------------------------
     def compose(self, *args: str, timeout: float = 600) -> str:
@@ -108,11 +122,20 @@ class System:
             return f"(no logs: {exc})"
 
     # --- HTTP ----------------------------------------------------------------------------
-    def call(self, method: str, url: str, payload: Any = None, timeout: float = 30) -> tuple:
-        return self.http.request_json(method, url, payload, timeout=timeout)
+    def call(
+        self,
+        method: str,
+        url: str,
+        payload: Any = None,
+        timeout: float = 30,
+        token: str | None = None,
+    ) -> tuple:
+        return self.http.request_json(method, url, payload, timeout=timeout, token=token)
 
     def broker(self, method: str, path: str, payload: Any = None, timeout: float = 30):
-        return self.call(method, f"{self.broker_url}{path}", payload, timeout)
+        """Call the broker with the token its route needs."""
+        url = f"{self.broker_url}{path}"
+        return self.call(method, url, payload, timeout, token=self.token_for(path))
 
     def publish(self, body: Any, mode: str = "async") -> tuple[int, dict]:
         return self.broker("POST", "/messages", {"body": body, "mode": mode})
@@ -173,6 +196,7 @@ def system() -> Iterator[System]:
         )  # fmt: skip
     try:
         system.wait_ready()
+        system.load_tokens()
         poll(lambda: len(system.subscriptions()) == CLIENTS, what="every client subscribed")
         yield system
     finally:

@@ -18,6 +18,7 @@ def test_short_soak_loses_nothing(three_clients: System):
             **system.env,
             "GROKER_E2E_BROKER_URL": system.broker_url,
             "GROKER_E2E_SERVER_URL": system.server_url,
+            "GROKER_E2E_PUBLISH_TOKEN": system.tokens["publish"] or "",
         },
         capture_output=True,
         text=True,

@@ -239,7 +239,10 @@ def test_the_page_follows_the_broker_in_a_real_browser(browser_tools, live_broke
     assert [m["body"] for m in sink.received] == [{"n": n} for n in range(3)]
     # The open page's event stream must not hold the stopping broker for gunicorn's whole
     # graceful timeout (30 s): it ends once the broker drains.
-    process.wait(timeout=15)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the broker took over 15 s to stop after SIGTERM with the page open")
 
 
 def drive_the_page(url: str, callback: str, stop_broker: Callable[[], None]) -> None:
@@ -272,7 +275,7 @@ def drive_the_page(url: str, callback: str, stop_broker: Callable[[], None]) -> 
             # One more event after the last publish, so the chart shows the rates fall back.
             updated = page.locator("#updated").text_content()
             expect(page.locator("#updated")).not_to_have_text(updated or "", timeout=10_000)
-            SCREENSHOT.parent.mkdir(exist_ok=True)
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
             assert not script_errors, script_errors
 

@@ -18,7 +18,11 @@ def create_app(settings: ClientSettings | None = None, subscribe: bool = True) -
     configure_logging("client", settings.log_level)
     app = Flask(__name__)
     subscription = Subscription(
-        settings.broker_url, settings.own_callback_url(), settings.resubscribe_interval, HttpPool()
+        settings.broker_url,
+        settings.own_callback_url(),
+        settings.resubscribe_interval,
+        HttpPool(),
+        token=settings.manage_token,
     )
     app.config["FAULT_INJECTION"] = settings.fault_injection
     app.config["VERIFY_SIGNATURES"] = settings.verify_signatures

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 from pydantic import AliasChoices, Field
@@ -9,7 +10,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ClientSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GROKER_", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="GROKER_", frozen=True, secrets_dir=os.environ.get("GROKER_SECRETS_DIR")
+    )
 
     broker_url: str = "http://broker:8000"
     port: int = Field(8002, validation_alias=AliasChoices("PORT", "GROKER_CLIENT_PORT"))
@@ -21,6 +24,7 @@ class ClientSettings(BaseSettings):
         5.0, gt=0, description="seconds between checks that the broker still knows us"
     )
     keep_recent: int = Field(1000, ge=1, description="received messages kept for GET /messages")
+    manage_token: str | None = Field(None, description="bearer token sent when subscribing")
     verify_signatures: bool = Field(
         True, description="refuse (401) deliveries not signed with our subscription's secret"
     )

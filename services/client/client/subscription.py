@@ -13,8 +13,16 @@ log = logging.getLogger(__name__)
 
 
 class Subscription:
-    def __init__(self, broker_url: str, callback: str, interval: float, http: HttpPool) -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        callback: str,
+        interval: float,
+        http: HttpPool,
+        token: str | None = None,
+    ) -> None:
         self._url = broker_url.rstrip("/")
+        self._token = token
         self.callback = callback
         self._interval = interval
         self._http = http
@@ -48,7 +56,11 @@ class Subscription:
     def _subscribe(self) -> bool:
         try:
             status, answer = self._http.request_json(
-                "POST", f"{self._url}/subscriptions", {"callback": self.callback}, timeout=5
+                "POST",
+                f"{self._url}/subscriptions",
+                {"callback": self.callback},
+                timeout=5,
+                token=self._token,
             )
         except Exception as exc:
             log.info("broker at %s not reachable yet: %s", self._url, exc)
@@ -78,7 +90,7 @@ class Subscription:
             return
         try:
             status, _ = self._http.request_json(
-                "DELETE", f"{self._url}/subscriptions/{self.id}", timeout=3
+                "DELETE", f"{self._url}/subscriptions/{self.id}", timeout=3, token=self._token
             )
             log.info("unsubscribed %s (HTTP %s)", self.id, status)
         except Exception as exc:

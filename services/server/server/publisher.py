@@ -98,7 +98,11 @@ class Publisher:
         mode = payload["mode"]
         try:
             status, answer, headers = self._http.exchange_json(
-                "POST", f"{self._url}/messages", payload, timeout=self._settings.sync_timeout + 5
+                "POST",
+                f"{self._url}/messages",
+                payload,
+                timeout=self._settings.sync_timeout + 5,
+                token=self._settings.publish_token,
             )
         except Exception as exc:
             self._stats.errors += 1
@@ -131,7 +135,10 @@ class Publisher:
             gevent.sleep(1)
             try:
                 status, answer = self._http.request_json(
-                    "GET", f"{self._url}/messages/{message_id}", timeout=5
+                    "GET",
+                    f"{self._url}/messages/{message_id}",
+                    timeout=5,
+                    token=self._settings.publish_token,
                 )
             except Exception:
                 continue
