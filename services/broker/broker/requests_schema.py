@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictStr,
+    WithJsonSchema,
+    model_validator,
+)
 
 MAX_URL_LENGTH = 2048
 
@@ -29,16 +37,39 @@ def _absolute_http_url(url: str) -> str:
     return url
 
 
-CallbackUrl = Annotated[StrictStr, AfterValidator(_absolute_http_url)]
+# What the document says a callback looks like; the validator above is the authority.
+CALLBACK_JSON_SCHEMA = {
+    "type": "string",
+    "format": "uri",
+    "maxLength": MAX_URL_LENGTH,
+    "pattern": r"^https?://[A-Za-z0-9._-]+(:[1-9][0-9]{0,4})?(/[A-Za-z0-9._~%/-]*)?$",
+}
+CallbackUrl = Annotated[
+    StrictStr, AfterValidator(_absolute_http_url), WithJsonSchema(CALLBACK_JSON_SCHEMA)
+]
 
 
 class PublishRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        # A sync publisher hears the outcome in its answer: a callback is for async only.
+        json_schema_extra={
+            "if": {"properties": {"mode": {"const": "sync"}}, "required": ["mode"]},
+            "then": {"not": {"required": ["callback"]}},
+        },
+    )
 
     body: Any = Field(description="any JSON value, delivered as is")
     mode: Literal["sync", "async"] = "async"
     callback: CallbackUrl | None = None
     headers: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _callback_is_for_async(self) -> PublishRequest:
+        if self.mode == "sync" and self.callback is not None:
+            raise ValueError("callback is for async messages only")
+        return self
 
 
 class SubscribeRequest(BaseModel):

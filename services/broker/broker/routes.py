@@ -7,6 +7,7 @@ from typing import TypeVar, cast
 from flask import Blueprint, current_app, request, url_for
 from pydantic import BaseModel, ValidationError
 
+from broker import openapi
 from broker.core import Broker, Draining, QueueFull
 from broker.guard import RefusedDestination
 from broker.requests_schema import PublishRequest, SubscribeRequest
@@ -40,7 +41,7 @@ def _unsupported_media(_exc: UnsupportedMedia):
 
 @api.errorhandler(RefusedDestination)
 def _refused(exc: RefusedDestination):
-    return error(400, "callback not allowed", str(exc))
+    return error(403, "callback not allowed", str(exc))
 
 
 @api.errorhandler(VerificationFailed)
@@ -67,8 +68,6 @@ def _invalid(exc: ValidationError):
 def publish():
     broker = _broker()
     req = _parse(PublishRequest)
-    if req.mode == "sync" and req.callback is not None:
-        return error(400, "invalid request", "callback is for async messages only")
     try:
         message = broker.publish(req.body, req.mode, req.headers, req.callback)
     except QueueFull:
@@ -130,3 +129,8 @@ def unsubscribe(subscriber_id: str):
 @api.get("/stats")
 def stats():
     return _broker().stats()
+
+
+@api.get("/openapi.json")
+def openapi_document():
+    return openapi.document()

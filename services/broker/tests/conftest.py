@@ -6,8 +6,15 @@ monkey-patching: whenever the test's greenlet waits, the broker's greenlets run.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gevent
@@ -18,7 +25,8 @@ from gevent.pywsgi import WSGIServer
 from broker.app import create_app
 from broker.core import Broker
 from broker.settings import BrokerSettings
-from groker_common.testing import serve
+from groker_common.http import HttpPool
+from groker_common.testing import serve, wait_until
 from groker_common.webhooks import verification_answer
 
 # In memory, fast timeouts, and loopback allowed: the sinks listen on 127.0.0.1.
@@ -125,3 +133,70 @@ def app(make_app, settings: BrokerSettings):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@dataclass
+class LiveBroker:
+    process: subprocess.Popen
+    url: str
+
+
+@contextmanager
+def running_brokers() -> Iterator[Callable[..., LiveBroker]]:
+    """Real brokers as deployed: gunicorn + gevent, one worker, each a subprocess on a free
+    port; settings from GROKER_* keyword arguments. Stopped (SIGTERM) on the way out."""
+    started: list[LiveBroker] = []
+    http = HttpPool()
+
+    def start(**env: str) -> LiveBroker:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "broker.app:create_app()"],
+            cwd=ROOT / "services/broker",
+            env={
+                **os.environ,
+                "PYTHONPATH": f"{ROOT / 'libs'}:{ROOT / 'services/broker'}",
+                "PORT": str(port),
+                "GROKER_STORE": "memory",
+                "GROKER_LOG_LEVEL": "WARNING",
+                # The tests' subscribers listen on loopback, which is refused otherwise.
+                "GROKER_ALLOWED_NETWORKS": "127.0.0.0/8",
+                **env,
+            },
+        )
+        broker = LiveBroker(process, f"http://127.0.0.1:{port}")
+        started.append(broker)
+
+        def ready() -> bool:
+            assert process.poll() is None, f"the broker exited with {process.returncode}"
+            try:
+                return http.request_json("GET", f"{broker.url}/readyz", timeout=1)[0] == 200
+            except OSError:
+                return False
+
+        wait_until(ready, timeout=30, what="the broker to start")
+        return broker
+
+    try:
+        yield start
+    finally:
+        http.close()
+        for broker in started:
+            if broker.process.poll() is None:
+                broker.process.send_signal(signal.SIGTERM)
+            try:
+                broker.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                broker.process.kill()
+                broker.process.wait()
+
+
+@pytest.fixture
+def start_broker() -> Iterator[Callable[..., LiveBroker]]:
+    with running_brokers() as start:
+        yield start

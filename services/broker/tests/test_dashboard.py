@@ -4,11 +4,8 @@ page itself in a real headless Chromium, following a real gunicorn broker."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -177,47 +174,9 @@ def browser_tools() -> None:
 
 
 @pytest.fixture
-def live_broker() -> Iterator[tuple[subprocess.Popen, str]]:
-    """A real gunicorn+gevent broker on a free port, as deployed, with an in-memory store."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{ROOT / 'libs'}:{ROOT / 'services/broker'}",
-        "PORT": str(port),
-        "GROKER_STORE": "memory",
-        "GROKER_LOG_LEVEL": "WARNING",
-        # The test's subscriber listens on loopback, which the broker may refuse otherwise.
-        "GROKER_ALLOWED_NETWORKS": "127.0.0.0/8",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "broker.app:create_app()"],
-        cwd=ROOT / "services/broker",
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    http = HttpPool()
-
-    def ready() -> bool:
-        assert process.poll() is None, f"the broker exited with {process.returncode}"
-        try:
-            return http.request_json("GET", f"{url}/readyz", timeout=1)[0] == 200
-        except OSError:
-            return False
-
-    try:
-        wait_until(ready, timeout=30, what="the broker to start")
-        yield process, url
-    finally:
-        http.close()
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def live_broker(start_broker) -> tuple[subprocess.Popen, str]:
+    broker = start_broker()
+    return broker.process, broker.url
 
 
 def test_the_page_follows_the_broker_in_a_real_browser(browser_tools, live_broker, make_sink):

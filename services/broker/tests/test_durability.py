@@ -3,11 +3,8 @@ grouped, old messages are pruned, and a stopping broker keeps what it has not pu
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import gevent
@@ -115,58 +112,27 @@ def test_draining_answers_sync_waiters_and_keeps_their_messages(durable, make_si
         after.stop()
 
 
-def test_a_broker_killed_with_sigkill_loses_nothing_it_accepted(tmp_path, make_sink):
+def test_a_broker_killed_with_sigkill_loses_nothing_it_accepted(tmp_path, make_sink, start_broker):
     """A real gunicorn+gevent broker, killed mid-stream and started again."""
     http = HttpPool()
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{ROOT / 'libs'}:{ROOT / 'services/broker'}",
-        "GROKER_DB_PATH": str(tmp_path / "groker.db"),
-        "GROKER_LOG_LEVEL": "WARNING",
-        "GROKER_ALLOWED_NETWORKS": "127.0.0.0/8",
-    }
-
-    def start_broker() -> tuple[subprocess.Popen, str]:
-        import socket
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "broker.app:create_app()"],
-            cwd=ROOT / "services/broker",
-            env={**env, "PORT": str(port)},
-        )
-        url = f"http://127.0.0.1:{port}"
-
-        def ready() -> bool:
-            try:
-                return http.request_json("GET", f"{url}/readyz", timeout=1)[0] == 200
-            except Exception:
-                return False
-
-        wait_until(ready, timeout=30, what="the broker to start")
-        return process, url
-
-    process, url = start_broker()
+    durable = {"GROKER_STORE": "sqlite", "GROKER_DB_PATH": str(tmp_path / "groker.db")}
     try:
+        first = start_broker(**durable)
         accepted = []
         for n in range(50):
-            status, answer = http.request_json("POST", f"{url}/messages", {"body": n})
+            status, answer = http.request_json("POST", f"{first.url}/messages", {"body": n})
             assert status == 202
             accepted.append(answer)
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(timeout=10)
 
-        process, url = start_broker()
-        assert http.request_json("GET", f"{url}/stats")[1]["queue_length"] == 50
+        second = start_broker(**durable)
+        assert http.request_json("GET", f"{second.url}/stats")[1]["queue_length"] == 50
         sink = make_sink()
-        http.request_json("POST", f"{url}/subscriptions", {"callback": sink.url})
+        http.request_json("POST", f"{second.url}/subscriptions", {"callback": sink.url})
         wait_until(lambda: len(sink.received) == 50, timeout=10, what="every accepted message")
         assert sink.seqs == [a["seq"] for a in accepted]
-        status, answer = http.request_json("POST", f"{url}/messages", {"body": "after"})
+        status, answer = http.request_json("POST", f"{second.url}/messages", {"body": "after"})
         assert answer["seq"] == 51
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
         http.close()

@@ -88,7 +88,7 @@ def test_refused_destinations_are_refused_at_subscribe_and_publish(make_app):
         ("/messages", {"body": 1, "callback": "http://169.254.169.254/latest"}),
     ]:
         answer = client.post(path, json=payload)
-        assert answer.status_code == 400, payload
+        assert answer.status_code == 403, payload
         assert answer.get_json()["error"] == "callback not allowed"
     assert client.get("/stats").get_json()["accepted"] == 0
 

@@ -1,0 +1,114 @@
+"""Property tests of the core (hypothesis): for any interleaving of subscribe, unsubscribe,
+publish and subscribers failing or recovering, the broker keeps its promises. Real HTTP to a
+real receiver on loopback; every example gets a fresh broker."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from typing import Any
+
+import gevent
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from broker.core import Broker
+from groker_common.testing import serve, wait_until
+from groker_common.webhooks import verification_answer
+
+from .conftest import settings_for_tests
+
+SUBSCRIBERS = 3
+step = st.one_of(
+    st.tuples(st.just("subscribe"), st.integers(0, SUBSCRIBERS - 1)),
+    st.tuples(st.just("unsubscribe"), st.integers(0, SUBSCRIBERS - 1)),
+    st.tuples(st.just("publish"), st.sampled_from(["sync", "async"])),
+    st.tuples(st.just("fail"), st.integers(0, SUBSCRIBERS - 1)),
+    st.tuples(st.just("recover"), st.integers(0, SUBSCRIBERS - 1)),
+    st.tuples(st.just("pause"), st.just(0)),
+)
+
+
+class Receiver:
+    """One loopback server for every callback of an example: /hook/<i>/<k> is subscriber i's
+    k-th subscription, /notify the publisher's callback. Subscriber i can be told to fail."""
+
+    def __init__(self) -> None:
+        self.received: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.notified: Counter[str] = Counter()
+        self.failing: set[int] = set()
+        self.server, self.url = serve(self)
+
+    def __call__(self, environ, start_response):
+        raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        path = environ["PATH_INFO"]
+        challenge = verification_answer(raw)
+        if challenge is not None:
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [challenge]
+        if path == "/notify":
+            self.notified[json.loads(raw)["id"]] += 1
+        elif int(path.split("/")[2]) in self.failing:
+            start_response("500 Failing", [])
+            return [b""]
+        else:
+            self.received[path].append(json.loads(raw))
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b"{}"]
+
+
+@given(steps=st.lists(step, max_size=25))
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+def test_any_interleaving_keeps_the_promises(steps):
+    receiver = Receiver()
+    broker = Broker(settings_for_tests(delivery_timeout=0.5, sync_timeout=30))
+    broker.start()
+    try:
+        run(broker, receiver, steps)
+    finally:
+        broker.stop()
+        receiver.server.stop(timeout=0)
+
+
+def run(broker: Broker, receiver: Receiver, steps: list[tuple[str, Any]]) -> None:
+    active: dict[int, str] = {}  # subscriber -> subscription id
+    created: dict[str, float] = {}  # callback path -> when that subscription was created
+    generation: Counter[int] = Counter()
+    sync_waiters, async_ids = [], []
+    for action, arg in steps:
+        if action == "subscribe" and arg not in active:
+            generation[arg] += 1
+            path = f"/hook/{arg}/{generation[arg]}"
+            subscription, _ = broker.subscribe(receiver.url + path)
+            active[arg] = subscription.id
+            created[path] = subscription.created_at
+        elif action == "unsubscribe" and arg in active:
+            broker.unsubscribe(active.pop(arg))
+        elif action == "publish":
+            if arg == "sync":
+                message = broker.publish({"step": len(sync_waiters)}, mode="sync")
+                sync_waiters.append(gevent.spawn(broker.wait_published, message))
+            else:
+                message = broker.publish("a", callback=receiver.url + "/notify")
+                async_ids.append(message.id)
+        elif action == "fail":
+            receiver.failing.add(arg)
+        elif action == "recover":
+            receiver.failing.discard(arg)
+        elif action == "pause":
+            gevent.sleep(0.01)
+    # A healthy late subscriber makes sure everything queued gets published in the end.
+    broker.subscribe(receiver.url + "/hook/9/1")
+    created["/hook/9/1"] = broker.registry.find(receiver.url + "/hook/9/1").created_at
+    wait_until(lambda: broker.store.unpublished() == 0, timeout=20, what="everything published")
+
+    for path, messages in receiver.received.items():
+        seqs = [m["seq"] for m in messages]
+        assert seqs == sorted(set(seqs)), f"{path} got {seqs}: not strictly increasing"
+        assert all(m["published_at"] >= created[path] for m in messages), (
+            f"{path} got a message published before it subscribed"
+        )
+    # Every sync publisher is answered once, as published; every async one notified once.
+    assert [w.get(timeout=10) for w in sync_waiters] == ["published"] * len(sync_waiters)
+    wait_until(lambda: len(receiver.notified) == len(async_ids), what="every notification")
+    assert receiver.notified == Counter(dict.fromkeys(async_ids, 1))
