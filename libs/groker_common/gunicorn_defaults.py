@@ -25,6 +25,13 @@ def bind_on(default_port: int) -> str:
     return f"0.0.0.0:{os.environ.get('PORT', default_port)}"
 
 
+def json_logs(service: str) -> dict:
+    """gunicorn's own logs as the same JSON lines the app writes (groker_common.logs)."""
+    from groker_common.logs import gunicorn_logconfig
+
+    return gunicorn_logconfig(service, loglevel)
+
+
 def _app_hook(worker, name: str):
     return getattr(getattr(worker, "wsgi", None), "extensions", {}).get(name)
 

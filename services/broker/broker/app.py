@@ -10,6 +10,7 @@ from broker.dashboard import dashboard
 from broker.routes import api
 from broker.settings import BrokerSettings
 from groker_common.logs import configure_logging
+from groker_common.metrics import metrics_blueprint
 from groker_common.web import health_blueprint, install_json_errors
 
 
@@ -25,6 +26,7 @@ def create_app(settings: BrokerSettings | None = None) -> Flask:
     app.register_blueprint(health_blueprint(lambda: broker.ready and not broker.draining))
     app.register_blueprint(api)
     app.register_blueprint(dashboard)
+    app.register_blueprint(metrics_blueprint(broker.metrics.registry))
     app.extensions["groker_on_stop"] = broker.drain
     app.extensions["groker_on_exit"] = broker.stop
     broker.start()

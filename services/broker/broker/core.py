@@ -17,6 +17,7 @@ from broker.dispatcher import Dispatcher
 from broker.guard import CallbackGuard
 from broker.lanes import Lane
 from broker.messages import Message, Mode
+from broker.metrics import BrokerMetrics
 from broker.registry import Subscriber, SubscriberRegistry
 from broker.senders import AsyncSender, CallbackNotifier, Sender, SyncSender
 from broker.settings import BrokerSettings
@@ -46,7 +47,8 @@ class Broker:
     ) -> None:
         self.settings = settings or BrokerSettings()
         self.counters = Counters()
-        self.store = store or open_store(self.settings)
+        self.metrics = BrokerMetrics()
+        self.store = store or open_store(self.settings, self.metrics.store_write.observe)
         self._http = http or HttpPool()
         self.guard = CallbackGuard(self.settings.allowed_networks)
         self._notifier = CallbackNotifier(
@@ -60,6 +62,7 @@ class Broker:
         )
         self.registry = SubscriberRegistry(self._open_lane, self._wake, self.counters, self.store)
         self._dispatcher = Dispatcher(self.store, self.registry)
+        self.metrics.watch(self)
         self._seq = self.store.last_seq()
         self._waiting: set[SyncSender] = set()
         self._pruner: gevent.Greenlet | None = None
@@ -206,6 +209,7 @@ class Broker:
             self.guard,
             self.settings,
             self.counters,
+            self.metrics.delivery_latency.observe,
             on_published=self._published,
             on_unreachable=self.registry.unsubscribe,
         )
@@ -213,12 +217,14 @@ class Broker:
     def _published(self, message: Message) -> None:
         self.store.mark_published(message)
         self.counters.published += 1
+        self.metrics.publish_latency[message.mode].observe(time.time() - message.accepted_at)
         log.debug(
             "published seq %d id %s delivered %d failed %d",
             message.seq,
             message.id,
             message.delivered,
             message.failed,
+            extra={"message_id": message.id, "seq": message.seq},
         )
         if message.sender is not None:
             message.sender.on_published(message)

@@ -7,6 +7,7 @@ long as it takes to give up on that subscriber (the delivery timeout)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import gevent
@@ -48,6 +49,7 @@ class Lane:
         guard: CallbackGuard,
         settings: BrokerSettings,
         counters: Counters,
+        observe_latency: Callable[[float], None],
         on_published: Callable[[Message], None],
         on_unreachable: Callable[[str, str], None],
     ) -> None:
@@ -56,6 +58,7 @@ class Lane:
         self._guard = guard
         self._timeout = settings.attempt_timeout
         self._counters = counters
+        self._observe_latency = observe_latency
         self._on_published = on_published
         self._on_unreachable = on_unreachable
         self._queue: gevent.queue.Queue[Message] = gevent.queue.Queue(settings.lane_capacity)
@@ -132,6 +135,7 @@ class Lane:
     def _run(self) -> None:
         while not self.closed:
             message = self._current = self._queue.get()
+            began = time.perf_counter()
             try:
                 status = self._retrying(self._post, message)
             except Gone as exc:
@@ -140,12 +144,14 @@ class Lane:
                 reason = str(exc)
             else:
                 self._current = None
+                self._observe_latency(time.perf_counter() - began)
                 if status >= 300:
                     log.warning(
                         "subscriber %s refused seq %d with HTTP %d",
                         self.subscriber.id,
                         message.seq,
                         status,
+                        extra={"message_id": message.id, "seq": message.seq},
                     )
                 self._resolve(message, delivered=status < 300)
                 continue

@@ -108,7 +108,13 @@ class CallbackNotifier:
                 retrying(self._post, url, body, message.id)
             except Exception as exc:  # RetryError or the last attempt's own error
                 self._counters.notifications_failed += 1
-                log.warning("notification for %s to %s failed: %s", message.id, url, exc)
+                log.warning(
+                    "notification for %s to %s failed: %s",
+                    message.id,
+                    url,
+                    exc,
+                    extra={"message_id": message.id, "seq": message.seq},
+                )
             else:
                 self._counters.notifications_sent += 1
         self._on_done(message)

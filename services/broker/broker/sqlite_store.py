@@ -12,6 +12,7 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -85,8 +86,10 @@ class SqliteStore(MemoryStore):
         retention_count: int = 10_000,
         retention_seconds: float = 3600,
         synchronous: str = "FULL",
+        observe_write: Callable[[float], None] | None = None,
     ) -> None:
         super().__init__(retention_count, retention_seconds)
+        self._observe_write = observe_write
         self._path = path
         self._synchronous = synchronous
         self._thread = ThreadPool(1)
@@ -146,6 +149,7 @@ class SqliteStore(MemoryStore):
         while self._pending:
             ops, done = self._pending, self._pending_done
             self._pending, self._pending_done = [], gevent.event.AsyncResult()
+            began = time.perf_counter()
             try:
                 self._thread.apply(self._commit, (ops,))
             except Exception as exc:
@@ -153,6 +157,8 @@ class SqliteStore(MemoryStore):
                 done.set_exception(exc)
             else:
                 self.batches += 1
+                if self._observe_write is not None:
+                    self._observe_write(time.perf_counter() - began)
                 done.set(None)
 
     # --- recovery --------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from itertools import chain, islice
 from typing import TYPE_CHECKING, Protocol
 
@@ -162,7 +163,9 @@ class MemoryStore:
         pass
 
 
-def open_store(settings: BrokerSettings) -> MessageStore:
+def open_store(
+    settings: BrokerSettings, observe_write: Callable[[float], None] | None = None
+) -> MessageStore:
     if settings.store == "memory":
         return MemoryStore(settings.retention_count, settings.retention_seconds)
     from broker.sqlite_store import SqliteStore
@@ -172,4 +175,5 @@ def open_store(settings: BrokerSettings) -> MessageStore:
         settings.retention_count,
         settings.retention_seconds,
         synchronous=settings.sqlite_synchronous,
+        observe_write=observe_write,
     )

@@ -10,6 +10,7 @@ from client.settings import ClientSettings
 from client.subscription import Subscription
 from groker_common.http import HttpPool
 from groker_common.logs import configure_logging
+from groker_common.metrics import metrics_blueprint
 from groker_common.web import health_blueprint, install_json_errors
 
 
@@ -27,13 +28,15 @@ def create_app(settings: ClientSettings | None = None, subscribe: bool = True) -
     app.config["FAULT_INJECTION"] = settings.fault_injection
     app.config["VERIFY_SIGNATURES"] = settings.verify_signatures
     app.extensions["groker_fault"] = Fault()
-    app.extensions["groker_inbox"] = Inbox(settings.keep_recent)
+    inbox = Inbox(settings.keep_recent)
+    app.extensions["groker_inbox"] = inbox
     app.extensions["groker_subscription"] = subscription
     app.extensions["groker_on_stop"] = subscription.stop
     app.extensions["groker_on_exit"] = subscription.stop
     install_json_errors(app)
     app.register_blueprint(health_blueprint(lambda: subscription.id is not None))
     app.register_blueprint(api)
+    app.register_blueprint(metrics_blueprint(inbox.registry))
     if subscribe:
         subscription.start()
     return app

@@ -6,7 +6,13 @@ import json
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any, TextIO
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+
+from groker_common.metrics import ReadAtScrape, counter
 
 
 class Inbox:
@@ -17,6 +23,19 @@ class Inbox:
         self.received = 0
         self.duplicates = 0
         self.bad_signatures = 0
+        self.registry = CollectorRegistry()
+        self.registry.register(ReadAtScrape(self._metrics))
+
+    def _metrics(self) -> Iterable[Metric]:
+        yield counter("groker_client_received", "Messages received", self.received)
+        yield counter(
+            "groker_client_duplicates_dropped", "Repeated deliveries dropped", self.duplicates
+        )
+        yield counter(
+            "groker_client_bad_signatures",
+            "Deliveries refused for their signature",
+            self.bad_signatures,
+        )
 
     def add(self, message: dict[str, Any]) -> bool:
         """Take a delivery; False if this id was already received (a redelivery)."""

@@ -127,6 +127,9 @@ def test_forged_missing_and_stale_signatures_are_refused_and_counted():
     assert stale.status_code == 401
     stats = app.test_client().get("/messages").get_json()
     assert (stats["bad_signatures"], stats["received"]) == (3, 0)
+    metrics = app.test_client().get("/metrics").data.decode()
+    assert "groker_client_bad_signatures_total 3.0" in metrics
+    assert "groker_client_received_total 0.0" in metrics
     assert deliver(app, delivery).status_code == 200  # the real thing still gets in
 
 

@@ -6,6 +6,7 @@ from flask import Flask
 
 from groker_common.http import HttpPool
 from groker_common.logs import configure_logging
+from groker_common.metrics import metrics_blueprint
 from groker_common.web import health_blueprint, install_json_errors
 from server.publisher import Publisher
 from server.routes import api
@@ -25,6 +26,7 @@ def create_app(settings: ServerSettings | None = None) -> Flask:
     install_json_errors(app)
     app.register_blueprint(health_blueprint(lambda: True))
     app.register_blueprint(api)
+    app.register_blueprint(metrics_blueprint(stats.registry))
     app.extensions["groker_on_stop"] = publisher.stop
     app.extensions["groker_on_exit"] = publisher.close
     publisher.start()

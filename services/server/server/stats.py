@@ -5,8 +5,14 @@ from __future__ import annotations
 import statistics
 import time
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import Metric
+
+from groker_common.metrics import LATENCY_BUCKETS, ReadAtScrape, counter, gauge
 
 
 @dataclass
@@ -28,6 +34,34 @@ class PublishStats:
     # Notifications that came before we had read the broker's 202 for that id (a fast
     # publish can beat our own bookkeeping), or repeats after a broker restart.
     early: OrderedDict[str, float] = field(default_factory=OrderedDict)
+
+    def __post_init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.e2e_latency = Histogram(
+            "groker_server_e2e_latency_seconds",
+            "From sending a message to hearing it was published",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(ReadAtScrape(self._metrics))
+
+    def _metrics(self) -> Iterable[Metric]:
+        yield counter("groker_server_sent", "Messages the load generator sent", self.sent)
+        yield counter("groker_server_accepted", "Messages the broker accepted", self.accepted)
+        yield counter(
+            "groker_server_confirmed",
+            "Messages confirmed published, by how",
+            {"sync": self.confirmed_sync, "async": self.confirmed_async},
+            "mode",
+        )
+        yield gauge("groker_server_pending", "Accepted, not yet confirmed", len(self.pending))
+        yield counter("groker_server_rejected", "Publishes refused (queue full)", self.rejected)
+        yield counter("groker_server_errors", "Publishes that failed", self.errors)
+        yield counter(
+            "groker_server_bad_signatures",
+            "Notifications refused for their signature",
+            self.bad_signatures,
+        )
 
     def accepted_message(self, message_id: str, mode: str, sent_at: float) -> None:
         self.accepted += 1
@@ -51,7 +85,9 @@ class PublishStats:
             self.confirmed_sync += 1
         else:
             self.confirmed_async += 1
-        self.latencies.append((at or time.time()) - sent_at)
+        latency = (at or time.time()) - sent_at
+        self.latencies.append(latency)
+        self.e2e_latency.observe(latency)
         return True
 
     def as_dict(self, with_ids: bool = False) -> dict[str, Any]:

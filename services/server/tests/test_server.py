@@ -79,6 +79,10 @@ def test_publishes_sync_and_async_and_confirms_both(stack, http):
         )
         answer = http.request_json("GET", f"{url}/stats")[1]
         assert answer["accepted"] == answer["confirmed"] == answer["sent"]
+        metrics = http.request("GET", f"{url}/metrics")[1].decode()
+        assert f"groker_server_sent_total {float(answer['sent'])}" in metrics
+        assert "groker_server_pending 0.0" in metrics
+        assert f"groker_server_e2e_latency_seconds_count {float(answer['confirmed'])}" in metrics
         assert answer["errors"] == answer["unknown_notifications"] == 0
         assert answer["latency_ms"]["p50"] <= answer["latency_ms"]["p99"]
     finally:
