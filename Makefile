@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint unit e2e soak format clean
+.PHONY: run test lint unit manifests e2e soak format clean
 
 run:
 	docker compose up --build --scale client=3
@@ -28,6 +28,9 @@ lint: $(BIN)/.installed
 
 unit: $(BIN)/.installed
 	$(BIN)/python -m pytest services
+
+manifests: $(BIN)/.installed
+	$(BIN)/python -m pytest tests/k8s
 
 e2e: $(BIN)/.installed
 	$(BIN)/python -m pytest tests/e2e

@@ -4,6 +4,7 @@ page itself in a real headless Chromium, following a real gunicorn broker."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
@@ -19,7 +20,8 @@ from groker_common.testing import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 SCREENSHOT = ROOT / "test-artifacts" / "dashboard.png"
-CHROMIUM = Path("/usr/bin/chromium")
+# Debian's Chromium by default; GROKER_CHROMIUM points elsewhere (e.g. Chrome on CI runners).
+CHROMIUM = Path(os.environ.get("GROKER_CHROMIUM", "/usr/bin/chromium"))
 # Debian's Chromium, launched as-is: no sandbox (we may be root in a container), and nothing
 # that would make it reach out to the internet.
 CHROMIUM_ARGS = [
@@ -161,7 +163,9 @@ def browser_tools() -> None:
     browser is not tested."""
     missing = []
     if not CHROMIUM.exists():
-        missing.append("Debian's Chromium at /usr/bin/chromium (apt-get install -y chromium)")
+        missing.append(
+            f"a Chromium at {CHROMIUM} (apt-get install -y chromium, or set GROKER_CHROMIUM)"
+        )
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
