@@ -9,10 +9,12 @@ BIN := $(VENV)/bin
 run:
 	docker compose up --build --scale client=3
 
-$(BIN)/.installed: requirements-dev.txt services/*/requirements.txt
+$(BIN)/.installed: requirements-dev.txt services/*/requirements.txt cli/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	# the `groker` command line tool; its dependencies are pinned in requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e ./cli
 	touch $@
 
 # Lint, the unit tests of the three services, then the end-to-end tests against the real
@@ -27,7 +29,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 
 unit: $(BIN)/.installed
-	$(BIN)/python -m pytest services
+	$(BIN)/python -m pytest services cli/tests
 
 manifests: $(BIN)/.installed
 	$(BIN)/python -m pytest tests/k8s

@@ -1,0 +1,1 @@
+"""groker: the command line for a groker broker (publish, subscribe, stats, subscriptions)."""

@@ -1,0 +1,3 @@
+from groker_cli.main import main
+
+main()

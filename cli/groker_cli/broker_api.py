@@ -1,0 +1,186 @@
+"""Talking to the broker over its HTTP API: one `requests` session, and every way a call can
+go wrong turned into a one-line error with the exit code scripts rely on."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import click
+import requests
+
+# The exit codes, documented in `groker --help`. 2 is click's own, for usage errors.
+EXIT_BROKER_ERROR = 1
+EXIT_UNREACHABLE = 3
+EXIT_UNAUTHORIZED = 4
+EXIT_NOT_PUBLISHED_IN_TIME = 5
+
+# A busy broker asks publishers to come back later (503 or 429 with Retry-After); its hint
+# is honoured, but never with a wait longer than this.
+MAX_RETRY_WAIT = 30.0
+
+
+class BrokerError(click.ClickException):
+    """The broker answered with an error (4xx/5xx); its JSON error is in the message."""
+
+    exit_code = EXIT_BROKER_ERROR
+
+
+class Unreachable(click.ClickException):
+    """No answer: refused, timed out, unresolvable, or the connection broke."""
+
+    exit_code = EXIT_UNREACHABLE
+
+
+class Unauthorized(click.ClickException):
+    """401 (or a 403 other than a refused callback): the token is wrong, lacks the scope,
+    or none was given."""
+
+    exit_code = EXIT_UNAUTHORIZED
+
+
+class NotPublishedInTime(click.ClickException):
+    """504 to a sync publish: accepted and still queued, but not published in time."""
+
+    exit_code = EXIT_NOT_PUBLISHED_IN_TIME
+
+
+def _reason(exc: requests.RequestException) -> str:
+    """The useful part of a requests/urllib3 error ("Connection refused"), not the nest of
+    wrapper reprs around it."""
+    text = str(exc)
+    errno_text = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if errno_text:
+        return errno_text.group(1).strip().rstrip(".").lower()
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+def retry_after(response: requests.Response) -> float | None:
+    """Seconds to wait before publishing again, or None when this answer is not one to
+    retry. A 503 that names a message id (a sync publish cut short by the broker stopping)
+    means the message *was* accepted: sending it again would publish it twice."""
+    header = response.headers.get("Retry-After")
+    if response.status_code not in (429, 503) or header is None:
+        return None
+    answer = json_of(response)
+    if isinstance(answer, dict) and "id" in answer:
+        return None
+    try:
+        seconds = float(header)
+    except ValueError:
+        try:  # the HTTP-date form
+            seconds = (parsedate_to_datetime(header) - datetime.now(tz=UTC)).total_seconds()
+        except (TypeError, ValueError):
+            seconds = 1.0
+    if math.isnan(seconds):
+        seconds = 1.0
+    return min(max(seconds, 0.0), MAX_RETRY_WAIT)
+
+
+class BrokerApi:
+    def __init__(self, url: str, token: str | None, timeout: float) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._session = requests.Session()
+        self._session.headers["User-Agent"] = "groker-cli"
+        if token:
+            self._session.headers["Authorization"] = f"Bearer {token}"
+
+    def close(self) -> None:
+        self._session.close()
+
+    def request(
+        self, method: str, path: str, payload: Any = None, read_timeout: float | None = None
+    ) -> requests.Response:
+        """One HTTP call; a transport failure becomes `Unreachable`, an answer is returned
+        whatever its status."""
+        read_timeout = self.timeout if read_timeout is None else read_timeout
+        try:
+            return self._session.request(
+                method,
+                self.url + path,
+                json=payload,
+                timeout=(self.timeout, read_timeout),
+                allow_redirects=False,
+            )
+        except requests.ConnectTimeout:
+            reason = f"no connection within {self.timeout:g} s"
+        except requests.Timeout:
+            reason = f"no answer within {read_timeout:g} s"
+        except requests.RequestException as exc:
+            reason = _reason(exc)
+        raise Unreachable(f"cannot reach the broker at {self.url}: {reason}")
+
+    def answer(self, response: requests.Response) -> Any:
+        """The JSON of a 2xx answer; any other answer raises the matching error."""
+        if response.status_code == 401 or (
+            response.status_code == 403 and not _is_refused_callback(response)
+        ):
+            raise Unauthorized(
+                "the broker refused the token (or none was given): "
+                f"HTTP {response.status_code} {describe(response)}"
+            )
+        if response.status_code >= 300:
+            raise BrokerError(
+                f"the broker answered HTTP {response.status_code}: {describe(response)}"
+            )
+        if response.status_code == 204:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise BrokerError(
+                f"the broker answered HTTP {response.status_code} with something that is not "
+                f"JSON: {response.text[:200]!r}"
+            ) from None
+
+    def call(self, method: str, path: str, payload: Any = None) -> Any:
+        return self.answer(self.request(method, path, payload))
+
+    def publish(
+        self,
+        request: dict[str, Any],
+        read_timeout: float,
+        retries: int,
+        on_retry: Callable[[float, int, requests.Response], None],
+    ) -> requests.Response:
+        """POST /messages, again after the broker's Retry-After while it is full or stopping
+        (at most `retries` times). Returns the last answer; the caller judges it."""
+        attempt = 0
+        while True:
+            response = self.request("POST", "/messages", request, read_timeout)
+            wait = retry_after(response)
+            if wait is None or attempt >= retries:
+                return response
+            attempt += 1
+            on_retry(wait, attempt, response)
+            time.sleep(wait)
+
+
+def _is_refused_callback(response: requests.Response) -> bool:
+    """The broker's one 403 that is not about the token: a callback URL pointing where it
+    will not send webhooks."""
+    answer = json_of(response)
+    return isinstance(answer, dict) and answer.get("error") == "callback not allowed"
+
+
+def json_of(response: requests.Response) -> Any:
+    """The answer's JSON, or None when it is not JSON."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def describe(response: requests.Response) -> str:
+    """The broker's JSON error on one line, or the start of whatever else it sent."""
+    answer = json_of(response)
+    if answer is None:
+        return repr(response.text[:200])
+    return json.dumps(answer, ensure_ascii=False)
