@@ -7,11 +7,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,27 +18,13 @@ from typing import Any
 import pytest
 import requests
 
-ROOT = Path(__file__).resolve().parents[2]
+from groker_common.testing import free_port, launch_broker, poll, stop_process
+
 GROKER = str(Path(sys.executable).with_name("groker"))
-GUNICORN = [sys.executable, "-m", "gunicorn"]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll until predicate() is truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
+# Blocking polls: these tests drive subprocesses, not greenlets.
+wait_until = poll
 
 
 def cli_env(**extra: str) -> dict[str, str]:
@@ -95,12 +79,7 @@ class Broker:
 
     def stop(self) -> None:
         self.http.close()
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 @pytest.fixture
@@ -109,30 +88,15 @@ def start_broker(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
     started: list[Broker] = []
 
     def start(**settings: str) -> Broker:
-        port = free_port()
-        env = {
-            **os.environ,
-            "PYTHONPATH": f"{ROOT / 'libs'}:{ROOT / 'services/broker'}",
-            "PORT": str(port),
-            "GROKER_STORE": "memory",
-            "GROKER_LOG_LEVEL": "WARNING",
-            "GROKER_DRAIN_TIMEOUT": "2",
-            "GUNICORN_KEEPALIVE": "1",  # the CLI's connections: see Broker.__post_init__
-            # The subscribers here listen on loopback, which the broker refuses as a
-            # callback destination unless it is listed.
-            "GROKER_ALLOWED_NETWORKS": "127.0.0.0/8",
-            **settings,
-        }
-        log = tmp_path / f"broker-{port}.log"
+        log = tmp_path / f"broker-{len(started)}.log"
         with log.open("wb") as output:  # the child keeps its own copy of the descriptor
-            process = subprocess.Popen(
-                [*GUNICORN, "-c", "gunicorn.conf.py", "broker.app:create_app()"],
-                cwd=ROOT / "services/broker",
-                env=env,
+            process, url = launch_broker(
                 stdout=output,
-                stderr=subprocess.STDOUT,
+                GROKER_DRAIN_TIMEOUT="2",
+                GUNICORN_KEEPALIVE="1",  # the CLI's connections: see Broker.__post_init__
+                **settings,
             )
-        broker = Broker(f"http://127.0.0.1:{port}", process, log)
+        broker = Broker(url, process, log)
         started.append(broker)
 
         def ready() -> bool:

@@ -25,25 +25,20 @@ class ReadAtScrape(Collector):
         yield from self._read()
 
 
+def _family(kind, name: str, documentation: str, values, label: str):
+    family = kind(name, documentation, labels=[label] if label else None)
+    for key, value in values.items() if isinstance(values, dict) else [(None, values)]:
+        family.add_metric([key] if label else [], value)
+    return family
+
+
 def counter(name: str, documentation: str, values: dict[str, float] | float, label: str = ""):
     """A counter family: one value, or one per value of `label`. `name` without _total."""
-    family = CounterMetricFamily(name, documentation, labels=[label] if label else None)
-    if isinstance(values, dict):
-        for key, value in values.items():
-            family.add_metric([key], value)
-    else:
-        family.add_metric([], values)
-    return family
+    return _family(CounterMetricFamily, name, documentation, values, label)
 
 
 def gauge(name: str, documentation: str, values: dict[str, float] | float, label: str = ""):
-    family = GaugeMetricFamily(name, documentation, labels=[label] if label else None)
-    if isinstance(values, dict):
-        for key, value in values.items():
-            family.add_metric([key], value)
-    else:
-        family.add_metric([], values)
-    return family
+    return _family(GaugeMetricFamily, name, documentation, values, label)
 
 
 def metrics_blueprint(registry: CollectorRegistry) -> Blueprint:

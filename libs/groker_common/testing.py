@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import gevent
 from gevent import socket
@@ -42,3 +47,60 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "
             if result:
                 return result
             gevent.sleep(0.005)
+
+
+def poll(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Like wait_until, for tests outside gevent (driving subprocesses or containers)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def launch_broker(
+    stdout: IO[bytes] | None = None, **settings: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a real broker as deployed (gunicorn, one gevent worker) on a free port, with
+    GROKER_* settings over test defaults (memory store, loopback callbacks allowed, since
+    test receivers listen there). Returns at once: poll its /readyz."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "broker.app:create_app()"],
+        cwd=REPO / "services/broker",
+        env={
+            **os.environ,
+            "PYTHONPATH": f"{REPO / 'libs'}:{REPO / 'services/broker'}",
+            "PORT": str(port),
+            "GROKER_STORE": "memory",
+            "GROKER_LOG_LEVEL": "WARNING",
+            "GROKER_ALLOWED_NETWORKS": "127.0.0.0/8",
+            **settings,
+        },
+        stdout=stdout,
+        stderr=subprocess.STDOUT if stdout is not None else None,
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 30) -> None:
+    """SIGTERM, as an orchestrator stops it; SIGKILL if it will not go."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from groker_common.http import HttpPool
+from groker_common.testing import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = 3
@@ -43,18 +43,6 @@ def _docker_ready() -> str | None:
     if probe.returncode != 0:
         return "no Docker engine answers (docker info failed)"
     return None
-
-
-def poll(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll with a deadline; never a bare sleep."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
 
 
 class System:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from bad_requests import BAD_INPUTS
+from groker_common.testing import poll
 
-from .conftest import SYNC_TIMEOUT, System, poll
+from .conftest import SYNC_TIMEOUT, System
 from .test_system import marker, seqs_between
 
 

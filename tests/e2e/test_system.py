@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import uuid
 
-from .conftest import CLIENTS, System, poll
+from groker_common.testing import poll
+
+from .conftest import CLIENTS, System
 
 
 def marker(system: System, mode: str = "sync") -> dict:

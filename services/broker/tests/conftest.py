@@ -6,11 +6,7 @@ monkey-patching: whenever the test's greenlet waits, the broker's greenlets run.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +22,7 @@ from broker.app import create_app
 from broker.core import Broker
 from broker.settings import BrokerSettings
 from groker_common.http import HttpPool
-from groker_common.testing import serve, wait_until
+from groker_common.testing import launch_broker, serve, stop_process, wait_until
 from groker_common.webhooks import verification_answer
 
 # In memory, fast timeouts, and loopback allowed: the sinks listen on 127.0.0.1.
@@ -146,36 +142,20 @@ class LiveBroker:
 
 @contextmanager
 def running_brokers() -> Iterator[Callable[..., LiveBroker]]:
-    """Real brokers as deployed: gunicorn + gevent, one worker, each a subprocess on a free
-    port; settings from GROKER_* keyword arguments. Stopped (SIGTERM) on the way out."""
+    """Real brokers as deployed (see groker_common.testing.launch_broker), settings from
+    GROKER_* keyword arguments; each ready when returned, all stopped on the way out."""
     started: list[LiveBroker] = []
     http = HttpPool()
 
     def start(**env: str) -> LiveBroker:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "broker.app:create_app()"],
-            cwd=ROOT / "services/broker",
-            env={
-                **os.environ,
-                "PYTHONPATH": f"{ROOT / 'libs'}:{ROOT / 'services/broker'}",
-                "PORT": str(port),
-                "GROKER_STORE": "memory",
-                "GROKER_LOG_LEVEL": "WARNING",
-                # The tests' subscribers listen on loopback, which is refused otherwise.
-                "GROKER_ALLOWED_NETWORKS": "127.0.0.0/8",
-                **env,
-            },
-        )
-        broker = LiveBroker(process, f"http://127.0.0.1:{port}")
+        process, url = launch_broker(**env)
+        broker = LiveBroker(process, url)
         started.append(broker)
 
         def ready() -> bool:
             assert process.poll() is None, f"the broker exited with {process.returncode}"
             try:
-                return http.request_json("GET", f"{broker.url}/readyz", timeout=1)[0] == 200
+                return http.request_json("GET", f"{url}/readyz", timeout=1)[0] == 200
             except OSError:
                 return False
 
@@ -187,13 +167,7 @@ def running_brokers() -> Iterator[Callable[..., LiveBroker]]:
     finally:
         http.close()
         for broker in started:
-            if broker.process.poll() is None:
-                broker.process.send_signal(signal.SIGTERM)
-            try:
-                broker.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                broker.process.kill()
-                broker.process.wait()
+            stop_process(broker.process)
 
 
 @pytest.fixture
