@@ -124,7 +124,7 @@ def test_rate_can_be_changed_while_running(stack):
     assert stats.sent == 0  # rate 0 publishes nothing
     answer = client.put("/rate", json={"rate": 100, "sync_ratio": 0})
     assert answer.get_json() == {"rate": 100.0, "sync_ratio": 0.0}
-    wait_until(lambda: stats.sent >= 5, what="publishing at the new rate")
+    wait_until(lambda: stats.sent >= 5, timeout=15, what="publishing at the new rate")
     client.put("/rate", json={"rate": 0})
     sent = stats.sent
     gevent.sleep(0.2)
