@@ -15,6 +15,7 @@ graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 # idle kept-alive connection does not hold a stopping worker for long.
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
+logger_class = "groker_common.gunicorn_logger.QuietAccessLogger"
 errorlog = "-"
 loglevel = os.environ.get("GROKER_LOG_LEVEL", "info").lower()
 # gunicorn 25.1+ opens a control socket under $HOME, which a non-root user may not have.

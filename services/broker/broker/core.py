@@ -61,7 +61,7 @@ class Broker:
             on_done=self.store.mark_notified,
         )
         self.registry = SubscriberRegistry(self._open_lane, self._wake, self.counters, self.store)
-        self._dispatcher = Dispatcher(self.store, self.registry)
+        self._dispatcher = Dispatcher(self.store, self.registry, self.settings.flow_backlog)
         self.metrics.watch(self)
         self._seq = self.store.last_seq()
         self._waiting: set[SyncSender] = set()
@@ -142,6 +142,7 @@ class Broker:
         self.store.append(message)
         self.counters.accepted += 1
         self._wake()
+        self._dispatcher.wait_for_room(self.settings.flow_wait)
         return message
 
     def wait_published(self, message: Message) -> Literal["published", "timeout", "draining"]:

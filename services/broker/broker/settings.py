@@ -29,6 +29,12 @@ class BrokerSettings(BaseSettings):
     max_queue_bytes: int = Field(
         256 * 1024 * 1024, ge=1024, description="unpublished message bodies kept at most, bytes"
     )
+    flow_backlog: int = Field(
+        1000, ge=1, description="queued messages beyond which publishers are held (flow control)"
+    )
+    flow_wait: float = Field(
+        1.0, ge=0, description="seconds a publisher is held at most by flow control"
+    )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body")
     notify_attempts: int = Field(3, ge=1, description="attempts at one publisher notification")
     notify_timeout: float = Field(5.0, gt=0, description="seconds per notification attempt")

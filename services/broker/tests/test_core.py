@@ -241,3 +241,28 @@ def test_snapshot_shows_subscribers_with_their_lanes_and_the_newest_messages(bro
     (lane,) = snapshot["subscribers"]
     assert set(lane) >= {"id", "callback", "backlog", "delivered", "failed"}
     assert snapshot["stats"]["published"] >= 5
+
+
+def test_flow_control_holds_publishers_only_while_lanes_are_behind(make_sink):
+    broker = Broker(settings_for_tests(flow_backlog=3, flow_wait=30, lane_capacity=1))
+    broker.start()
+    release = gevent.event.Event()
+    try:
+        # No subscriber: messages wait in the queue by design, and nobody is held.
+        early = [broker.publish(n) for n in range(10)]
+        assert broker.stats()["queue_length"] == 10
+        stuck = make_sink(hold=release)
+        broker.subscribe(stuck.url)
+        publisher = gevent.spawn(lambda: [broker.publish(n) for n in range(10, 15)])
+        # The stuck lane is full, the queue stays over the backlog: the publisher is held.
+        wait_until(lambda: broker.stats()["accepted"] == 11, what="the first held publish")
+        gevent.sleep(0.1)
+        assert not publisher.ready() and broker.stats()["accepted"] == 11
+        release.set()  # the lane moves again, the queue drains, the publisher goes on
+        published = publisher.get(timeout=10)
+        assert [m.seq for m in published] == [11, 12, 13, 14, 15]
+        wait_until(lambda: len(stuck.received) == 15, what="every message delivered")
+        assert stuck.seqs == [m.seq for m in early] + [11, 12, 13, 14, 15]
+    finally:
+        release.set()
+        broker.stop()
