@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint unit manifests e2e soak format clean
+.PHONY: run test lint unit manifests e2e soak bench format clean
 
 run:
 	docker compose up --build --scale client=3
@@ -42,6 +42,13 @@ SOAK_SECONDS ?= 60
 SOAK_RATE ?= 100
 soak: $(BIN)/.installed
 	$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS) --rate $(SOAK_RATE)
+
+# Benchmarks, each against a baseline from the same run (bench/run.py): prints a table,
+# writes bench/results/latest.json and fanout.png. Needs Debian's wrk (apt-get install wrk)
+# and Docker for the compose one. BENCH_ARGS=--short: a few seconds each, for CI.
+BENCH_ARGS ?=
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 format: $(BIN)/.installed
 	$(BIN)/ruff check --fix .

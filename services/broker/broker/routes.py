@@ -74,7 +74,8 @@ def publish():
         return error(503, "queue full", "try again later", Retry_After="1")
     except Draining:
         return error(503, "shutting down", "try again later", Retry_After="5")
-    location = {"Location": url_for("api.get_message", message_id=message.id)}
+    # A plain f-string: url_for costs a few percent of this, the hottest route.
+    location = {"Location": f"/messages/{message.id}"}
     if req.mode == "async":
         return message.outcome(), 202, location
     outcome = broker.wait_published(message)
