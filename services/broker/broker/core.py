@@ -16,7 +16,7 @@ from broker.counters import Counters
 from broker.dispatcher import Dispatcher
 from broker.guard import CallbackGuard
 from broker.lanes import Lane
-from broker.messages import Message, Mode
+from broker.messages import Message, Mode, encode_body
 from broker.metrics import BrokerMetrics
 from broker.registry import Subscriber, SubscriberRegistry
 from broker.senders import AsyncSender, CallbackNotifier, Sender, SyncSender
@@ -60,6 +60,8 @@ class Broker:
             secret=self.settings.callback_secret,
             on_done=self.store.mark_notified,
         )
+        # Stateless: one for every async message (and every message recovered after a restart).
+        self._async_sender = AsyncSender(self._notifier)
         self.registry = SubscriberRegistry(self._open_lane, self._wake, self.counters, self.store)
         self._dispatcher = Dispatcher(self.store, self.registry, self.settings.flow_backlog)
         self.metrics.watch(self)
@@ -74,7 +76,7 @@ class Broker:
         for message in self.store.unpublished_messages():
             # Nobody waits on a sync message from before the restart any more.
             if message.sender is None:
-                message.sender = AsyncSender(self._notifier)
+                message.sender = self._async_sender
         for message in self.store.unnotified_messages():
             self._notifier.notify(message)
         self.registry.restore(self.store.subscriptions())
@@ -122,13 +124,13 @@ class Broker:
             raise Draining()
         if callback is not None:
             self.guard.check(callback)
-        sender: Sender = SyncSender() if mode == "sync" else AsyncSender(self._notifier)
+        sender: Sender = SyncSender() if mode == "sync" else self._async_sender
         message = Message(
             id=str(uuid.uuid4()),
             seq=self._seq + 1,
-            body=body,
-            headers=headers or {},
+            body_json=encode_body(body),
             mode=mode,
+            headers=headers or None,
             callback=callback,
             sender=sender,
         )

@@ -13,13 +13,21 @@ if TYPE_CHECKING:
 Mode = Literal["sync", "async"]
 
 
-@dataclass(eq=False)
+def encode_body(body: Any) -> str:
+    return json.dumps(body, separators=(",", ":"))
+
+
+# Slots, the body kept only as its JSON text, no empty containers, and the payload dropped
+# once published: a queued message costs well under a kilobyte beyond its body.
+@dataclass(eq=False, slots=True)
 class Message:
     id: str
     seq: int
-    body: Any
-    headers: dict[str, str]
+    # The body as JSON text, encoded once: it is what the store keeps, what counts
+    # against the queue's byte bound, and what goes into every subscriber's payload.
+    body_json: str
     mode: Mode
+    headers: dict[str, str] | None = None
     callback: str | None = None
     accepted_at: float = field(default_factory=time.time)
     status: Literal["queued", "published"] = "queued"
@@ -27,17 +35,10 @@ class Message:
     delivered: int = 0
     failed: int = 0
     notified: bool = False
-    # The body as JSON text, encoded once: it is what the store keeps, what counts
-    # against the queue's byte bound, and what goes into every subscriber's payload.
-    body_json: str = ""
     # How the publisher hears of the outcome; not part of what a store keeps.
     sender: Sender | None = field(default=None, repr=False)
-    _pending: set[str] = field(default_factory=set, repr=False)
+    _pending: set[str] | None = field(default=None, repr=False)
     _payload: bytes = field(default=b"", repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.body_json:
-            self.body_json = json.dumps(self.body, separators=(",", ":"))
 
     @property
     def size(self) -> int:
@@ -51,7 +52,7 @@ class Message:
             {
                 "id": self.id,
                 "seq": self.seq,
-                "headers": self.headers,
+                "headers": self.headers or {},
                 "published_at": self.published_at,
             },
             separators=(",", ":"),
@@ -68,7 +69,7 @@ class Message:
         """Record one subscriber's outcome; True when that was the last one outstanding.
 
         Idempotent per subscriber: a lane closing can race a lane finishing."""
-        if subscriber_id not in self._pending:
+        if self._pending is None or subscriber_id not in self._pending:
             return False
         self._pending.discard(subscriber_id)
         if delivered:
@@ -78,6 +79,7 @@ class Message:
         if self._pending:
             return False
         self.status = "published"
+        self._pending, self._payload = None, b""  # every lane is done with them
         return True
 
     def outcome(self) -> dict[str, Any]:

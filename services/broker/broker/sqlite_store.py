@@ -205,7 +205,7 @@ class SqliteStore(MemoryStore):
                 message.seq,
                 message.id,
                 message.body_json,
-                json.dumps(message.headers),
+                json.dumps(message.headers or {}),
                 message.mode,
                 message.callback,
                 message.accepted_at,
@@ -266,8 +266,7 @@ def _message(row: tuple[Any, ...]) -> Message:
     return Message(
         id=mid,
         seq=seq,
-        body=json.loads(body),
-        headers=json.loads(headers),
+        headers=json.loads(headers) or None,
         mode=mode,
         callback=callback,
         accepted_at=accepted_at,
