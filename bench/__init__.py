@@ -1,0 +1,1 @@
+"""groker's benchmarks: `python -m bench.run` (or `make bench`); see bench/run.py."""

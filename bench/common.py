@@ -1,0 +1,271 @@
+"""What every benchmark shares: real processes on free loopback ports that are always
+stopped (even when the run fails or is interrupted), RSS from /proc, percentiles, and the
+message body every benchmark publishes.
+
+The driver (bench.run) is one process whose load clients are greenlets on
+geventhttpclient; it is not monkey-patched, so anything that waits must yield to gevent."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import gevent
+
+from groker_common.http import HttpPool
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+BROKER_DIR = ROOT / "services" / "broker"
+PYTHON = sys.executable
+
+# A ~200-byte JSON body, the same for every benchmark (and the compose one).
+BODY: dict[str, Any] = {
+    "order": 123456,
+    "customer": "c-000042",
+    "items": [{"sku": f"sku-{i:04d}", "qty": i, "price": 9.99} for i in range(3)],
+    "note": "benchmark payload, about two hundred bytes of JSON",
+}
+BODY_JSON = json.dumps(BODY, separators=(",", ":"))
+
+# Control calls (stats, subscribe) go through the same pooled client as everything else.
+http = HttpPool(concurrency=16)
+
+
+def free_port() -> int:
+    """A port free on every address, below the kernel's ephemeral range (32768+ here), so
+    that no outgoing connection (ours, wrk's, anyone's) takes it before our server binds
+    it, as happened with bind(0) ports on this busy machine."""
+    while True:
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+
+
+def call(method: str, url: str, payload: Any = None, token: str | None = None) -> Any:
+    """One JSON request; raises unless 2xx (a benchmark must not go on after a failure)."""
+    status, data = http.request_json(method, url, payload, timeout=30, token=token)
+    if not 200 <= status < 300:
+        raise RuntimeError(f"{method} {url} -> {status}: {data}")
+    return data
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: Proc | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}); see {proc.log}")
+        with contextlib.suppress(Exception):
+            if http.request("GET", url, timeout=2)[0] == 200:
+                return
+        gevent.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+# --- processes ----------------------------------------------------------------------
+
+_LIVE: list[Proc] = []
+_STARTED = [0]
+# Every child's output, kept for when a benchmark fails (replaced on each run).
+LOG_DIR = BENCH / "results" / "logs"
+
+
+def die_with_parent() -> None:
+    # PR_SET_PDEATHSIG: even a SIGKILLed driver takes its children down with it.
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+
+
+class Proc:
+    """A child in its own process group, stopped with SIGTERM, then SIGKILL to the group."""
+
+    def __init__(self, name: str, argv: Sequence[str], cwd: Path = ROOT, **env: str) -> None:
+        self.name = name
+        self.port = 0
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        _STARTED[0] += 1
+        self.log = LOG_DIR / f"{_STARTED[0]:02d}-{name}.log"
+        with open(self.log, "wb") as out:
+            self.popen = subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                env={**os.environ, **env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+        _LIVE.append(self)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self in _LIVE:
+            _LIVE.remove(self)
+        # Our idle keep-alive connections would hold gunicorn's graceful stop for its
+        # keepalive (5 s); dropping them first makes a stop take ~1 s.
+        http.close()
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(grace)
+        # Whatever is left of the group (gunicorn's worker, a stuck child) goes too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(5)
+
+
+def stop_all() -> None:
+    for proc in reversed(list(_LIVE)):
+        proc.stop(grace=3)
+
+
+atexit.register(stop_all)
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    # SystemExit, whichever greenlet it lands in (gevent passes it from the hub to the main
+    # one), unwinds every `finally`: processes stopped, compose taken down.
+    raise SystemExit(128 + signum)
+
+
+def install_signal_handlers() -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+
+
+@contextlib.contextmanager
+def running(proc: Proc) -> Iterator[Proc]:
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def serve(name: str, argv: Sequence[str], ready: str, cwd: Path = ROOT, **env: str) -> Proc:
+    """Start a server on a free port (`{port}` in argv and ready URL; also $PORT) and wait
+    until `ready` answers 200. Should another process take the port first, try another."""
+    for attempt in range(3):
+        port = free_port()
+        args = [a.format(port=port) for a in argv]
+        proc = Proc(name, args, cwd=cwd, PORT=str(port), **env)
+        proc.port = port
+        try:
+            wait_http(ready.format(port=port), proc=proc)
+            return proc
+        except RuntimeError:
+            exited = proc.popen.poll() is not None  # before ready: most likely the port
+            proc.stop()
+            if not exited or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def gunicorn(name: str, app: str, config: Path, cwd: Path, **env: str) -> Proc:
+    """gunicorn with the given config file (one gevent worker), as the services run it."""
+    argv = [PYTHON, "-m", "gunicorn", "-c", str(config), app]
+    pythonpath = f"{ROOT / 'libs'}:{cwd}:{ROOT}"
+    return serve(name, argv, "http://127.0.0.1:{port}/readyz", cwd, PYTHONPATH=pythonpath, **env)
+
+
+@contextlib.contextmanager
+def broker(store: str = "memory", **env: str) -> Iterator[tuple[str, Proc]]:
+    """A real broker (gunicorn + gevent, one worker) on a free port; yields (url, proc)."""
+    settings = {
+        "GROKER_LOG_LEVEL": "WARNING",
+        "GROKER_STORE": store,
+        "GROKER_ALLOWED_NETWORKS": "127.0.0.0/8",
+        "GROKER_MAX_QUEUE_LENGTH": "1000000",
+        **env,
+    }
+    with tempfile.TemporaryDirectory(prefix="groker-bench-db-") as tmp:
+        settings.setdefault("GROKER_DB_PATH", f"{tmp}/b.db")
+        conf = BROKER_DIR / "gunicorn.conf.py"
+        app = "broker.app:create_app()"
+        with running(gunicorn(f"broker-{store}", app, conf, BROKER_DIR, **settings)) as p:
+            yield f"http://127.0.0.1:{p.port}", p
+
+
+@contextlib.contextmanager
+def sinks(paths: int, processes: int = 2, host: str = "127.0.0.1") -> Iterator[list[str]]:
+    """`paths` sink URLs (http://host:port/sink/i) over `processes` sink processes."""
+    argv = [PYTHON, "-m", "bench.sink", "--host", host, "--port", "{port}"]
+    procs: list[Proc] = []
+    try:
+        for _ in range(processes):
+            procs.append(serve("sink", argv, f"http://{host}:{{port}}/count"))
+        yield [f"http://{host}:{procs[i % processes].port}/sink/{i}" for i in range(paths)]
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def subscribe_all(broker_url: str, callbacks: Sequence[str], token: str | None = None) -> None:
+    for callback in callbacks:
+        call("POST", f"{broker_url}/subscriptions", {"callback": callback}, token)
+
+
+# --- measuring ------------------------------------------------------------------------
+
+
+def worker_pid(master: int) -> int:
+    """gunicorn's worker: the master's child (one worker, so one child)."""
+    for task in Path(f"/proc/{master}/task").iterdir():
+        children = (task / "children").read_text().split()
+        if children:
+            return int(children[0])
+    raise RuntimeError(f"gunicorn master {master} has no worker")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (no interpolation: p99 is a latency someone really saw)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def wait_stats(url: str, key: str, target: int, timeout: float) -> tuple[float, dict]:
+    """Poll /stats until stats[key] >= target; returns (monotonic time reached, stats)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = call("GET", f"{url}/stats")
+        now = time.monotonic()
+        if stats[key] >= target:
+            return now, stats
+        if now > deadline:
+            raise TimeoutError(f"{key} {stats[key]} < {target} after {timeout}s: {stats}")
+        gevent.sleep(0.02)
+
+
+def ratio(value: float, baseline: float) -> float:
+    return round(value / baseline, 3) if baseline else math.nan

@@ -1,0 +1,119 @@
+"""Load generators: wrk (Debian's `wrk` package) for closed-loop throughput, greenlets on
+geventhttpclient when an exact number of requests matters (or wrk is not installed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from typing import Any
+
+import gevent
+
+from bench.common import BENCH, BODY, die_with_parent
+from groker_common.http import JSON_HEADERS, HttpPool
+
+WRK = shutil.which("wrk")
+CONNECTIONS = 32
+
+
+def tool() -> str:
+    if WRK:
+        version = subprocess.run([WRK, "-v"], capture_output=True, text=True).stdout
+        return f"wrk {version.split()[1]}, 1 thread, {CONNECTIONS} connections, Lua JSON POST"
+    return f"gevent + geventhttpclient, {CONNECTIONS} greenlets (wrk not installed)"
+
+
+def publish_body(mode: str = "async") -> bytes:
+    return json.dumps({"body": BODY, "mode": mode}).encode()
+
+
+def hammer(url: str, seconds: int, token: str | None = None) -> dict[str, Any]:
+    """POST publish_body() to url for `seconds` from CONNECTIONS keep-alive connections.
+    Returns requests, duration_s, rate, non_2xx, socket_errors, p50_ms, p99_ms."""
+    result = _wrk(url, seconds, token) if WRK else _greenlets(url, seconds, token)
+    result["rate"] = result["requests"] / result["duration_s"]
+    return result
+
+
+def _wrk(url: str, seconds: int, token: str | None) -> dict[str, Any]:
+    assert WRK is not None
+    with tempfile.NamedTemporaryFile(suffix=".json") as body:
+        body.write(publish_body())
+        body.flush()
+        env = {**os.environ, "BENCH_BODY_FILE": body.name, "BENCH_TOKEN": token or ""}
+        argv = [WRK, "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "10s"]
+        argv += ["-s", str(BENCH / "wrk_post.lua"), url]
+        # Polled, not waited on, so that the /stats sampler greenlet runs meanwhile (wrk's
+        # few lines of output fit in the pipe).
+        wrk = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=die_with_parent,
+        )  # fmt: skip
+        deadline = time.monotonic() + seconds + 60
+        while wrk.poll() is None and time.monotonic() < deadline:
+            gevent.sleep(0.1)
+        if wrk.poll() is None:
+            wrk.kill()
+        stdout, stderr = wrk.communicate()
+    if wrk.returncode != 0:
+        raise RuntimeError(f"wrk failed ({wrk.returncode}): {stderr[-1000:]}")
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("WRK_JSON "))
+    return json.loads(line.removeprefix("WRK_JSON "))
+
+
+def _greenlets(url: str, seconds: int, token: str | None) -> dict[str, Any]:
+    pool = HttpPool(concurrency=CONNECTIONS)
+    headers = _headers(token)
+    body = publish_body()
+    latencies: list[float] = []
+    counts = {"non_2xx": 0, "socket_errors": 0}
+    deadline = time.monotonic() + seconds
+
+    def loop() -> None:
+        while (began := time.monotonic()) < deadline:
+            try:
+                status, _ = pool.request("POST", url, body, headers, timeout=10)
+            except Exception:
+                counts["socket_errors"] += 1
+                continue
+            latencies.append(time.monotonic() - began)
+            counts["non_2xx"] += not 200 <= status < 300
+
+    began = time.monotonic()
+    gevent.joinall([gevent.spawn(loop) for _ in range(CONNECTIONS)])
+    duration = time.monotonic() - began
+    pool.close()
+    latencies.sort()
+    at = (lambda p: latencies[int(p * (len(latencies) - 1))] * 1000) if latencies else None
+    return {"requests": len(latencies), "duration_s": duration, **counts,
+            "p50_ms": at and at(0.5), "p99_ms": at and at(0.99)}  # fmt: skip
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    return JSON_HEADERS | {"Authorization": f"Bearer {token}"} if token else JSON_HEADERS
+
+
+def publish_n(url: str, n: int, token: str | None = None, concurrency: int = CONNECTIONS) -> float:
+    """Publish exactly n async messages as fast as the broker takes them; returns seconds.
+    Fails on any answer but 202: a rejected message would skew every count after it."""
+    pool = HttpPool(concurrency=concurrency)
+    headers = _headers(token)
+    body = publish_body()
+    left = [n]
+
+    def loop() -> None:
+        while left[0] > 0:
+            left[0] -= 1
+            status, raw = pool.request("POST", f"{url}/messages", body, headers, timeout=30)
+            if status != 202:
+                raise RuntimeError(f"publish answered {status}: {raw[:200]!r}")
+
+    began = time.monotonic()
+    greenlets = [gevent.spawn(loop) for _ in range(min(concurrency, n))]
+    gevent.joinall(greenlets, raise_error=True)
+    pool.close()
+    return time.monotonic() - began

@@ -1,0 +1,170 @@
+"""The results as a table (each figure next to its same-run baseline and their ratio), as
+JSON, and the fan-out chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.common import ratio
+
+Row = tuple[str, str, str, str, str, str]
+HEADER: Row = ("benchmark", "case", "groker", "baseline", "ratio", "notes")
+
+
+def _num(value: float | None, unit: str, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f} {unit}"
+
+
+def accept_rows(r: dict[str, Any]) -> list[Row]:
+    base = r["baseline"]["rate"]
+    rows = []
+    for store in ("memory", "sqlite"):
+        s = r[store]
+        notes = (f"queue end {s['queue_end']:,} (peak {s['queue_peak']:,}); delivered "
+                 f"{s['delivered_rate']:,.0f}/s meanwhile; drained in {s['drain_s']} s; "
+                 f"non-2xx {s['non_2xx']}")  # fmt: skip
+        rows.append(("accept", f"{store} store, async publish", _num(s["rate"], "msg/s"),
+                     _num(base, "msg/s"), f"{ratio(s['rate'], base):.2f}", notes))  # fmt: skip
+    return rows
+
+
+def fanout_rows(r: dict[str, Any]) -> list[Row]:
+    rows = []
+    for p in r["points"]:
+        raw = p["raw"]["rate"]
+        for store in ("memory", "sqlite"):
+            if store not in p:
+                continue
+            s = p[store]
+            tail = _num(s.get("tail_rate"), "/s")
+            notes = (f"M={s['messages']:,}, publishing took {s['publish_s']} s, {tail} after it;"
+                     f" runs {s['samples']} (raw {p['raw']['samples']})")  # fmt: skip
+            rows.append(("fan-out", f"N={p['subscribers']} {store}", _num(s["rate"], "dlv/s"),
+                         _num(raw, "dlv/s"), f"{ratio(s['rate'], raw):.2f}", notes))  # fmt: skip
+    return rows
+
+
+def latency_rows(r: dict[str, Any]) -> list[Row]:
+    rows = []
+    for p in r["points"]:
+        b, d = p["broker"], p["direct"]
+        notes = (f"achieved {b['achieved']:,}/s (direct {d['achieved']:,}/s), "
+                 f"failed {b['failed']}, max {b['max_ms']:,} ms")  # fmt: skip
+        for q in ("p50_ms", "p99_ms"):
+            case = f"{p['rate']:,} msg/s sync {q[:3]}, memory"
+            rows.append(("latency", case, _num(b[q], "ms", 1), _num(d[q], "ms", 1),
+                         f"{ratio(b[q], d[q]):.2f}", notes))  # fmt: skip
+    return rows
+
+
+def memory_rows(r: dict[str, Any]) -> list[Row]:
+    per, base = r["bytes_per_message"], r["baseline_bytes_per_message"]
+    notes = (f"minus the {r['body_bytes']} B body: {r['overhead_per_message']:,} B; RSS "
+             f"{r['rss_before_mib']} -> {r['rss_after_mib']} MiB")  # fmt: skip
+    return [("memory", f"{r['messages']:,} queued", _num(per, "B/msg"), _num(base, "B/msg"),
+             f"{ratio(per, base):.2f}", notes)]  # fmt: skip
+
+
+def compose_rows(r: dict[str, Any]) -> list[Row]:
+    if "skipped" in r:
+        return [("compose", "-", "-", "-", "-", f"skipped: {r['skipped']}")]
+    a, native, loop = r["accept"], r["native"], r["python_loop_s"]
+    notes = (f"queue end {a['queue_end']:,} (peak {a['queue_peak']:,}); delivered "
+             f"{a['delivered_rate']:,.0f}/s meanwhile; compose up took {r['up_s']} s")  # fmt: skip
+    rows = [("compose", "pure-Python loop (interpreter)", _num(loop["container"], "s", 3),
+             _num(loop["native"], "s", 3), f"{ratio(loop['container'], loop['native']):.2f}",
+             "the images' python3.11 against this venv's: lower is faster"),
+            ("compose", "accept, sqlite", _num(a["rate"], "msg/s"),
+             _num(native["accept"], "msg/s"), f"{ratio(a['rate'], native['accept']):.2f}",
+             notes)]  # fmt: skip
+    for p in r["fanout"]:
+        base = native["fanout"].get(p["subscribers"]) or native["fanout"].get(str(p["subscribers"]))
+        tail = _num(p.get("tail_rate"), "/s")
+        rows.append(("compose", f"fan-out N={p['subscribers']} sqlite", _num(p["rate"], "dlv/s"),
+                     _num(base, "dlv/s"), f"{ratio(p['rate'], base or 0):.2f}",
+                     f"M={p['messages']:,}, {tail} after publishing"))  # fmt: skip
+    return rows
+
+
+ROWS = {"accept": accept_rows, "fanout": fanout_rows, "latency": latency_rows,
+        "memory": memory_rows, "compose": compose_rows}  # fmt: skip
+BASELINES = {
+    "accept": "bare Flask POST -> 202 JSON, same gunicorn settings (1 gevent worker)",
+    "fanout": "raw limit: HttpPool (broker's client) posting the same payloads, 1 greenlet/sink",
+    "latency": "direct POST round-trip to one subscriber, same client library, same pacing",
+    "memory": "(uuid, seq, body JSON) tuples in a deque, bare Python process",
+    "compose": "the same benchmark natively in this run (ratio = docker / native)",
+}
+
+
+def table(results: dict[str, Any]) -> str:
+    rows: list[Row] = [HEADER]
+    for name, make in ROWS.items():
+        got = results["benchmarks"].get(name)
+        if got is None:
+            continue
+        if "error" in got:
+            rows.append((name, "-", "-", "-", "-", f"FAILED: {got['error']}"))
+            continue
+        rows.extend(make(got))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = ["  ".join([*(c.ljust(w) for c, w in zip(row[:5], widths, strict=True)), row[5]])
+             for row in rows]  # fmt: skip
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append("")
+    lines.append("ratio = groker / baseline (throughput: higher is better; latency, memory: lower)")
+    for name, what in BASELINES.items():
+        if name in results["benchmarks"]:
+            lines.append(f"  {name} baseline: {what}")
+    return "\n".join(lines)
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    """Deliveries/s against subscribers: the broker (each store, and compose) and raw."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    points = results["benchmarks"]["fanout"]["points"]
+    xs = [p["subscribers"] for p in points]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    series = [
+        ("raw", "k--o", "raw limit (HttpPool, no broker)"),
+        ("memory", "-o", "groker, memory store"),
+        ("sqlite", "-s", "groker, sqlite store"),
+    ]
+    for key, style, label in series:  # fmt: skip
+        if not all(key in p for p in points):
+            continue
+        ys = [p[key]["rate"] for p in points]
+        # Bars: the lowest and highest of the repeated runs around the median.
+        runs = [p[key].get("samples", [y]) for y, p in zip(ys, points, strict=True)]
+        low = [max(0.0, y - min(r)) for y, r in zip(ys, runs, strict=True)]
+        high = [max(0.0, max(r) - y) for y, r in zip(ys, runs, strict=True)]
+        ax.errorbar(xs, ys, yerr=[low, high], fmt=style, capsize=3, label=label)
+    compose = results["benchmarks"].get("compose", {})
+    if compose.get("fanout"):
+        cx, cy = zip(*((p["subscribers"], p["rate"]) for p in compose["fanout"]), strict=True)
+        ax.errorbar(cx, cy, fmt="-^", label="groker in compose (sqlite)")
+    ax.set_xscale("log")
+    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("subscribers")
+    ax.set_ylabel("deliveries / s")
+    meta = results["meta"]
+    ax.set_title(f"groker fan-out ({meta['git']}, {meta['cpus']} CPUs"
+                 f"{', short' if meta['short'] else ''})")  # fmt: skip
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,36 @@
+"""The benchmarks' short form, so they keep working: every benchmark runs against its
+same-run baseline and reports a ratio. Figures are not asserted (speed is measured in
+benchmarks, not in timed tests); that they are all there, positive, and loss-free is."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from .conftest import ROOT
+
+
+def test_the_short_benchmarks_run_and_report_every_ratio():
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--short"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((ROOT / "bench/results/latest.json").read_text())
+    benchmarks = results["benchmarks"]
+    assert set(benchmarks) >= {"accept", "fanout", "latency", "memory", "compose"}
+    accept = benchmarks["accept"]
+    for store in ("memory", "sqlite"):
+        assert accept[store]["rate"] > 0 and accept[store]["non_2xx"] == 0
+    for point in benchmarks["fanout"]["points"]:
+        for kind in ("raw", "memory", "sqlite"):
+            assert point[kind]["rate"] > 0
+        assert point["memory"]["failed"] == 0
+    assert benchmarks["memory"]["bytes_per_message"] > 0
+    assert "skipped" not in benchmarks["compose"], benchmarks["compose"]
+    assert (ROOT / "bench/results/fanout.png").stat().st_size > 0
+    print(done.stdout)
