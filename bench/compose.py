@@ -33,7 +33,8 @@ ENV = {
     "GROKER_MAX_QUEUE_LENGTH": "1000000",
     "GROKER_LOG_LEVEL": "WARNING",
     "GROKER_RATE": "0",
-    "PYTHON_IMAGE": os.environ.get("PYTHON_IMAGE", "groker-base/python:3.11-bookworm"),
+    # The same base image the deployment builds from (compose.yml's own default otherwise).
+    "PYTHON_IMAGE": os.environ.get("PYTHON_IMAGE", "python:3.11-slim-bookworm"),
     "COMPOSE_BAKE": "false",
 }
 
