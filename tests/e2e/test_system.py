@@ -130,3 +130,22 @@ def test_with_no_clients_a_message_waits_and_is_delivered_when_one_starts(system
     assert published["delivered"] == 1
     (sub,) = system.subscriptions()
     assert answer["id"] in {m["id"] for m in system.received(sub["callback"])}
+
+
+def test_dashboard_metrics_and_document_are_served_by_the_deployment(three_clients: System):
+    system = three_clients
+    status, page = system.http.request("GET", f"{system.broker_url}/", b"", {}, timeout=10)
+    assert status == 200 and b'id="queue-length"' in page
+    snapshot = system.call("GET", f"{system.broker_url}/dashboard/snapshot")[1]
+    assert len(snapshot["subscribers"]) == CLIENTS
+    metrics = {}
+    for url in (system.broker_url, system.server_url):
+        status, raw = system.http.request("GET", f"{url}/metrics", b"", {}, timeout=10)
+        assert status == 200
+        metrics[url] = raw.decode()
+    assert f"groker_subscribers {float(CLIENTS)}" in metrics[system.broker_url]
+    assert "groker_server_confirmed_total" in metrics[system.server_url]
+    callback = system.subscriptions()[0]["callback"]
+    status, raw = system.http.request("GET", callback.replace("/messages", "/metrics"), b"", {})
+    assert status == 200 and b"groker_client_received_total" in raw
+    assert system.call("GET", f"{system.broker_url}/openapi.json")[1]["openapi"] == "3.1.0"
