@@ -56,7 +56,7 @@ class PublishRequest(BaseModel):
         # A sync publisher hears the outcome in its answer: a callback is for async only.
         json_schema_extra={
             "if": {"properties": {"mode": {"const": "sync"}}, "required": ["mode"]},
-            "then": {"not": {"required": ["callback"]}},
+            "then": {"properties": {"callback": {"type": "null"}}},
         },
     )
 
