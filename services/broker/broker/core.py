@@ -65,7 +65,6 @@ class Broker:
         self.registry = SubscriberRegistry(self._open_lane, self._wake, self.counters, self.store)
         self._dispatcher = Dispatcher(self.store, self.registry, self.settings.flow_backlog)
         self.metrics.watch(self)
-        self._seq = self.store.last_seq()
         self._waiting: set[SyncSender] = set()
         self._pruner: gevent.Greenlet | None = None
         self.ready = False
@@ -127,7 +126,7 @@ class Broker:
         sender: Sender = SyncSender() if mode == "sync" else self._async_sender
         message = Message(
             id=str(uuid.uuid4()),
-            seq=self._seq + 1,
+            seq=self.store.last_seq() + 1,
             body_json=encode_body(body),
             mode=mode,
             headers=headers or None,
@@ -140,7 +139,6 @@ class Broker:
         ):
             self.counters.rejected_full += 1
             raise QueueFull()
-        self._seq = message.seq
         self.store.append(message)
         self.counters.accepted += 1
         self._wake()
@@ -184,7 +182,7 @@ class Broker:
             "unpublished": self.store.unpublished(),
             "unpublished_bytes": self.store.unpublished_bytes(),
             "oldest_queued_age": round(time.time() - oldest, 3) if oldest else 0.0,
-            "last_seq": self._seq,
+            "last_seq": self.store.last_seq(),
             "subscribers": len(self.registry),
             "lane_backlog": {lane.subscriber.id: lane.backlog for lane in self.registry.lanes()},
             "store": self.settings.store,

@@ -63,18 +63,8 @@ class Lane:
         self._on_published = on_published
         self._on_unreachable = on_unreachable
         self._queue: gevent.queue.Queue[Message] = gevent.queue.Queue(settings.lane_capacity)
-        # One Retrying per lane: tenacity keeps per-call state on the object, and a lane
-        # makes one call at a time.
         self._attempts = settings.delivery_attempts
         self._deadline = settings.delivery_timeout
-        self._retrying = Retrying(
-            stop=stop_after_attempt(settings.delivery_attempts)
-            | stop_after_delay(settings.delivery_timeout),
-            wait=wait_exponential(multiplier=0.05, max=0.5),
-            retry=retry_if_exception_type(Unreachable),
-            sleep=gevent.sleep,
-            reraise=True,
-        )
         self._current: Message | None = None
         self.closed = False
         self.delivered = 0
@@ -170,11 +160,16 @@ class Lane:
             if self._attempts == 1:
                 raise
         remaining = self._deadline - (time.perf_counter() - began)
-        retry = self._retrying.copy(
-            stop=stop_after_attempt(self._attempts - 1) | stop_after_delay(max(0.0, remaining))
-        )
         gevent.sleep(RETRY_PAUSE)
-        return retry(self._post, message)
+        # The rest of the attempts, within what is left of the delivery timeout.
+        retrying = Retrying(
+            stop=stop_after_attempt(self._attempts - 1) | stop_after_delay(max(0.0, remaining)),
+            wait=wait_exponential(multiplier=0.05, max=0.5),
+            retry=retry_if_exception_type(Unreachable),
+            sleep=gevent.sleep,
+            reraise=True,
+        )
+        return retrying(self._post, message)
 
     def _post(self, message: Message) -> int:
         url = self.subscriber.callback

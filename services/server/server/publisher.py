@@ -83,8 +83,7 @@ class Publisher:
     def publish_one(self, n: int, mode: str) -> float:
         """Publish message n; returns how long to back off (the broker's Retry-After)."""
         sent_at = time.time()
-        payload: dict = {"body": {"n": n, "sent_at": sent_at, "source": self._source}}
-        payload["mode"] = mode
+        payload: dict = {"body": {"n": n, "sent_at": sent_at, "source": self._source}, "mode": mode}
         if mode == "async":
             payload["callback"] = self._settings.callback_url
         self._stats.sent += 1
