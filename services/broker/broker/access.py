@@ -2,14 +2,16 @@
 
 Bearer tokens (several per scope, compared in constant time): `publish` for publishing and
 polling messages, `manage` for subscriptions. A scope with no tokens configured is open.
-Rate limiting per token (or client address) uses the `limits` library."""
+Each route declares its scope (operations.route); routes with none are open and not rate
+limited. Rate limiting per token (or client address) uses the `limits` library."""
 
 from __future__ import annotations
 
 import hmac
 import time
+from typing import Literal
 
-from flask import Flask, request
+from flask import Flask, Response, current_app, request
 from limits import parse
 from limits.storage import MemoryStorage
 from limits.strategies import FixedWindowRateLimiter
@@ -17,15 +19,7 @@ from limits.strategies import FixedWindowRateLimiter
 from broker.settings import BrokerSettings
 from groker_common.web import error
 
-# endpoint -> scope; endpoints not listed (health, stats, dashboard) are open
-SCOPES = {
-    "api.publish": "publish",
-    "api.get_message": "publish",
-    "api.subscribe": "manage",
-    "api.list_subscriptions": "manage",
-    "api.get_subscription": "manage",
-    "api.unsubscribe": "manage",
-}
+Scope = Literal["publish", "manage"]
 
 
 def _bearer() -> str | None:
@@ -40,10 +34,44 @@ def _valid(token: str | None, allowed: list[str]) -> bool:
     return any(matches)
 
 
+class AccessControl:
+    """The tokens of each scope and the rate limit, from the settings."""
+
+    def __init__(self, settings: BrokerSettings) -> None:
+        self._tokens: dict[Scope, list[str]] = {
+            "publish": settings.publish_tokens,
+            "manage": settings.manage_tokens,
+        }
+        self._rate = settings.rate_limit
+        self._limiter = FixedWindowRateLimiter(MemoryStorage()) if settings.rate_limit else None
+        self._limit = parse(settings.rate_limit) if settings.rate_limit else None
+
+    def refusal(self, scope: Scope) -> Response | None:
+        """The answer to a caller without the scope's token (401) or over its rate (429);
+        None to let the request through."""
+        tokens = self._tokens[scope]
+        if tokens and not _valid(_bearer(), tokens):
+            response = error(401, "unauthorized", f"a valid {scope} token is required")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="groker"'
+            return response
+        if self._limiter is None or self._limit is None:
+            return None
+        key = _bearer() or request.remote_addr or "unknown"
+        if self._limiter.hit(self._limit, key):
+            return None
+        reset_at, _ = self._limiter.get_window_stats(self._limit, key)
+        wait = max(1, int(reset_at - time.time() + 0.999))
+        return error(429, "too many requests", f"limit is {self._rate}", Retry_After=str(wait))
+
+
+def refusal(scope: Scope) -> Response | None:
+    """For the current request: see `AccessControl.refusal`."""
+    access: AccessControl = current_app.extensions["groker_access"]
+    return access.refusal(scope)
+
+
 def install_access_control(app: Flask, settings: BrokerSettings) -> None:
-    tokens = {"publish": settings.publish_tokens, "manage": settings.manage_tokens}
-    limiter = FixedWindowRateLimiter(MemoryStorage()) if settings.rate_limit else None
-    limit = parse(settings.rate_limit) if settings.rate_limit else None
+    app.extensions["groker_access"] = AccessControl(settings)
 
     @app.before_request
     def _check_headers():
@@ -56,26 +84,3 @@ def install_access_control(app: Flask, settings: BrokerSettings) -> None:
             return error(431, "request header fields too large",
                          f"at most {settings.max_header_bytes} bytes of headers")  # fmt: skip
         return None
-
-    @app.before_request
-    def _check_token():
-        scope = SCOPES.get(request.endpoint or "")
-        if scope is None or not tokens[scope]:
-            return None
-        if _valid(_bearer(), tokens[scope]):
-            return None
-        response = error(401, "unauthorized", f"a valid {scope} token is required")
-        response.headers["WWW-Authenticate"] = 'Bearer realm="groker"'
-        return response
-
-    @app.before_request
-    def _check_rate():
-        if limiter is None or limit is None or request.endpoint not in SCOPES:
-            return None
-        key = _bearer() or request.remote_addr or "unknown"
-        if limiter.hit(limit, key):
-            return None
-        reset_at, _ = limiter.get_window_stats(limit, key)
-        wait = max(1, int(reset_at - time.time() + 0.999))
-        return error(429, "too many requests", f"limit is {settings.rate_limit}",
-                     Retry_After=str(wait))  # fmt: skip

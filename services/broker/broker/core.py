@@ -1,28 +1,29 @@
 """The broker itself, with no HTTP in it: accept, subscribe, publish, report, stop.
 
-`Broker` wires the store, the subscriber registry, the lanes, the dispatcher and the
-senders together; the Flask routes are a thin layer over its methods."""
+`Broker` is the one face of the core: the routes and the dashboard call its methods and
+nothing behind it. It is built, with all its parts, by `wiring.build_broker`."""
 
 from __future__ import annotations
 
 import logging
 import time
 import uuid
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import gevent
 
-from broker.counters import Counters
+from broker.challenge import challenge_callback
 from broker.dispatcher import Dispatcher
+from broker.errors import Draining, QueueFull
 from broker.guard import CallbackGuard
-from broker.lanes import Lane
-from broker.messages import Message, Mode, encode_body
 from broker.metrics import BrokerMetrics
-from broker.registry import Subscriber, SubscriberRegistry
-from broker.senders import AsyncSender, CallbackNotifier, Sender, SyncSender
+from broker.model import Counters, Message, Mode, Stats, Subscriber, WaitResult, encode_body
+from broker.registry import SubscriberRegistry
+from broker.replies import CallbackNotifier, CallbackReply, SyncReply
+from broker.schemas import MessageStatus
 from broker.settings import BrokerSettings
-from broker.store import MessageStore, open_store
-from broker.verification import verify_intent
+from broker.storage import Store
 from groker_common.http import HttpPool
 
 log = logging.getLogger(__name__)
@@ -30,42 +31,37 @@ log = logging.getLogger(__name__)
 PRUNE_INTERVAL = 10.0
 
 
-class QueueFull(Exception):
-    """The queue holds as many unpublished messages (or bytes) as it may; try later."""
+@dataclass(frozen=True)
+class Parts:
+    """What a broker is made of; `wiring.build_broker` makes them and connects them."""
 
-
-class Draining(Exception):
-    """The broker is shutting down and accepts nothing new."""
+    store: Store
+    registry: SubscriberRegistry
+    dispatcher: Dispatcher
+    notifier: CallbackNotifier
+    guard: CallbackGuard
+    http: HttpPool
+    counters: Counters
+    metrics: BrokerMetrics
 
 
 class Broker:
-    def __init__(
-        self,
-        settings: BrokerSettings | None = None,
-        store: MessageStore | None = None,
-        http: HttpPool | None = None,
-    ) -> None:
-        self.settings = settings or BrokerSettings()
-        self.counters = Counters()
-        self.metrics = BrokerMetrics()
-        self.store = store or open_store(self.settings, self.metrics.store_write.observe)
-        self._http = http or HttpPool()
-        self.guard = CallbackGuard(self.settings.allowed_networks)
-        self._notifier = CallbackNotifier(
-            self._http,
-            self.guard,
-            self.counters,
-            attempts=self.settings.notify_attempts,
-            timeout=self.settings.notify_timeout,
-            secret=self.settings.callback_secret,
-            on_done=self.store.mark_notified,
-        )
-        # Stateless: one for every async message (and every message recovered after a restart).
-        self._async_sender = AsyncSender(self._notifier)
-        self.registry = SubscriberRegistry(self._open_lane, self._wake, self.counters, self.store)
-        self._dispatcher = Dispatcher(self.store, self.registry, self.settings.flow_backlog)
-        self.metrics.watch(self)
-        self._waiting: set[SyncSender] = set()
+    """One FIFO queue published to webhook subscribers: publishers append to the store, the
+    dispatcher hands the head to every subscriber's lane, the lanes report to the
+    publication, which tells the publisher (sync: its waiting request; async: its callback)."""
+
+    def __init__(self, settings: BrokerSettings, parts: Parts) -> None:
+        self.settings = settings
+        self.store = parts.store
+        self.registry = parts.registry
+        self.counters = parts.counters
+        self.metrics = parts.metrics
+        self.guard = parts.guard
+        self._dispatcher = parts.dispatcher
+        self._notifier = parts.notifier
+        self._http = parts.http
+        self._callback_reply = CallbackReply(parts.notifier)
+        self._waiting: set[SyncReply] = set()
         self._pruner: gevent.Greenlet | None = None
         self.ready = False
         self.draining = False
@@ -74,11 +70,11 @@ class Broker:
         """Pick up where a previous run stopped, then start publishing."""
         for message in self.store.unpublished_messages():
             # Nobody waits on a sync message from before the restart any more.
-            if message.sender is None:
-                message.sender = self._async_sender
+            if message.reply is None:
+                message.reply = self._callback_reply
         for message in self.store.unnotified_messages():
             self._notifier.notify(message)
-        self.registry.restore(self.store.subscriptions())
+        self.registry.restore()
         self._dispatcher.start()
         self._pruner = gevent.spawn(self._prune_forever)
         self.ready = True
@@ -92,8 +88,8 @@ class Broker:
         log.info("draining: %d messages stay queued", self.store.queued())
         self.draining = True
         self._dispatcher.pause()
-        for sender in list(self._waiting):
-            sender.abandon()
+        for reply in list(self._waiting):
+            reply.abandon()
 
     def stop(self) -> None:
         """Drain, give the lanes up to `drain_timeout` to finish, then release everything."""
@@ -123,7 +119,6 @@ class Broker:
             raise Draining()
         if callback is not None:
             self.guard.check(callback)
-        sender: Sender = SyncSender() if mode == "sync" else self._async_sender
         message = Message(
             id=str(uuid.uuid4()),
             seq=self.store.last_seq() + 1,
@@ -131,7 +126,7 @@ class Broker:
             mode=mode,
             headers=headers or None,
             callback=callback,
-            sender=sender,
+            reply=SyncReply() if mode == "sync" else self._callback_reply,
         )
         if (
             self.store.unpublished() >= self.settings.max_queue_length
@@ -141,94 +136,74 @@ class Broker:
             raise QueueFull()
         self.store.append(message)
         self.counters.accepted += 1
-        self._wake()
+        self._dispatcher.wake()
         self._dispatcher.wait_for_room(self.settings.flow_wait)
         return message
 
-    def wait_published(self, message: Message) -> Literal["published", "timeout", "draining"]:
+    def wait_published(self, message: Message) -> WaitResult:
         """Hold a sync publisher until its message is published (or we stop, or time out)."""
-        sender = message.sender
-        assert isinstance(sender, SyncSender)
-        self._waiting.add(sender)
+        reply = message.reply
+        assert isinstance(reply, SyncReply)
+        self._waiting.add(reply)
         try:
-            sender.wait(self.settings.sync_timeout)
+            reply.wait(self.settings.sync_timeout)
         finally:
-            self._waiting.discard(sender)
+            self._waiting.discard(reply)
         if message.status == "published":
             return "published"
-        return "draining" if sender.abandoned else "timeout"
+        return "draining" if reply.abandoned else "timeout"
 
     def subscribe(self, callback: str) -> tuple[Subscriber, bool]:
         """Subscribe a callback the guard allows, once it has echoed our challenge; the same
-        callback again is the same subscription (False), not checked again."""
+        callback again is the same subscription (False), not challenged again."""
         self.guard.check(callback)
         existing = self.registry.find(callback)
         if existing is not None:
             return existing, False
         if self.settings.verify_subscriptions:
-            verify_intent(self._http, callback, self.settings.attempt_timeout)
-        return self.registry.subscribe(callback)
+            challenge_callback(self._http, callback, self.settings.attempt_timeout)
+        subscribed = self.registry.subscribe(callback)
+        self._dispatcher.wake()
+        return subscribed
 
     def unsubscribe(self, subscriber_id: str) -> bool:
         return self.registry.unsubscribe(subscriber_id)
 
+    def subscription(self, subscriber_id: str) -> Subscriber | None:
+        return self.registry.get(subscriber_id)
+
+    def subscriptions(self) -> list[Subscriber]:
+        return [lane.subscriber for lane in self.registry.lanes()]
+
     def message(self, message_id: str) -> Message | None:
         return self.store.get(message_id)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> Stats:
+        """The figures of this moment, read once: /stats, /metrics and the dashboard."""
         oldest = self.store.oldest_queued_at()
-        return {
-            "queue_length": self.store.queued(),
-            "unpublished": self.store.unpublished(),
-            "unpublished_bytes": self.store.unpublished_bytes(),
-            "oldest_queued_age": round(time.time() - oldest, 3) if oldest else 0.0,
-            "last_seq": self.store.last_seq(),
-            "subscribers": len(self.registry),
-            "lane_backlog": {lane.subscriber.id: lane.backlog for lane in self.registry.lanes()},
-            "store": self.settings.store,
-            "draining": self.draining,
-            **self.counters.as_dict(),
-        }
+        lanes = self.registry.lanes()
+        return Stats(
+            queue_length=self.store.queued(),
+            unpublished=self.store.unpublished(),
+            unpublished_bytes=self.store.unpublished_bytes(),
+            oldest_queued_age=round(time.time() - oldest, 3) if oldest else 0.0,
+            last_seq=self.store.last_seq(),
+            subscribers=len(lanes),
+            lane_backlog={lane.subscriber.id: lane.backlog for lane in lanes},
+            store=self.settings.store,
+            draining=self.draining,
+            counters=self.counters,
+        )
 
     def snapshot(self, recent: int = 20) -> dict[str, Any]:
         """Everything the dashboard shows: the stats, each subscriber with its lane, and
         the newest messages."""
         return {
             "time": time.time(),
-            "stats": self.stats(),
+            "stats": self.stats().as_dict(),
             "subscribers": [lane.describe() for lane in self.registry.lanes()],
-            "recent": [m.outcome() for m in self.store.recent(recent)],
+            "recent": [MessageStatus.of(m).body() for m in self.store.recent(recent)],
         }
-
-    def _wake(self) -> None:
-        self._dispatcher.wake()
-
-    def _open_lane(self, subscriber: Subscriber) -> Lane:
-        return Lane(
-            subscriber,
-            self._http,
-            self.guard,
-            self.settings,
-            self.counters,
-            self.metrics.delivery_latency.observe,
-            on_published=self._published,
-            on_unreachable=self.registry.unsubscribe,
-        )
-
-    def _published(self, message: Message) -> None:
-        self.store.mark_published(message)
-        self.counters.published += 1
-        self.metrics.publish_latency[message.mode].observe(time.time() - message.accepted_at)
-        log.debug(
-            "published seq %d id %s delivered %d failed %d",
-            message.seq,
-            message.id,
-            message.delivered,
-            message.failed,
-            extra={"message_id": message.id, "seq": message.seq},
-        )
-        if message.sender is not None:
-            message.sender.on_published(message)
 
     def _prune_forever(self) -> None:
         while True:

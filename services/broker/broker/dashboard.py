@@ -15,6 +15,7 @@ import gevent
 from flask import Blueprint, Response, current_app
 
 from broker.core import Broker
+from broker.operations import Reply, route
 
 # Seconds between two events on a stream; the page's rate chart assumes about one a second.
 EVENT_INTERVAL = 1.0
@@ -34,17 +35,36 @@ def _event(broker: Broker) -> str:
     return f"data: {json.dumps(broker.snapshot(), separators=(',', ':'))}\n\n"
 
 
-@dashboard.get("/")
+@route(
+    dashboard,
+    "GET",
+    "/",
+    replies={200: Reply("the live dashboard", content_type="text/html")},
+)
 def page() -> Response:
     return dashboard.send_static_file("dashboard.html")
 
 
-@dashboard.get("/dashboard/snapshot")
+@route(
+    dashboard,
+    "GET",
+    "/dashboard/snapshot",
+    replies={200: Reply("what the dashboard shows", schema={"type": "object"})},
+)
 def snapshot() -> dict:
     return _broker().snapshot()
 
 
-@dashboard.get("/dashboard/events")
+@route(
+    dashboard,
+    "GET",
+    "/dashboard/events",
+    replies={
+        200: Reply(
+            "snapshots as server-sent events, every second", content_type="text/event-stream"
+        )
+    },
+)
 def events() -> Response:
     broker = _broker()
 

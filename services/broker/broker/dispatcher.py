@@ -8,7 +8,7 @@ import gevent
 import gevent.event
 
 from broker.registry import SubscriberRegistry
-from broker.store import MessageStore
+from broker.storage.base import MessageStore
 
 log = logging.getLogger(__name__)
 

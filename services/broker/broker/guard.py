@@ -13,6 +13,8 @@ import socket
 import time
 from urllib.parse import urlsplit
 
+from broker.errors import RefusedDestination
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 ALWAYS_REFUSED: tuple[Network, ...] = tuple(
@@ -30,11 +32,9 @@ ALWAYS_REFUSED: tuple[Network, ...] = tuple(
 CACHE_SECONDS = 10.0
 
 
-class RefusedDestination(Exception):
-    """The callback resolves to an address the broker will not call."""
-
-
 class CallbackGuard:
+    """Checks every URL the broker is asked to call (see the module's docstring)."""
+
     def __init__(self, allowed_networks: list[str]) -> None:
         self._allowed = [ipaddress.ip_network(net, strict=False) for net in allowed_networks]
         self._cache: dict[str, tuple[float, str | None]] = {}

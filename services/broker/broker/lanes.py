@@ -7,64 +7,43 @@ long as it takes to give up on that subscriber (the delivery timeout)."""
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
+from typing import Protocol
 
 import gevent
 import gevent.queue
-from tenacity import (
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_exponential,
-)
 
-from broker.counters import Counters
-from broker.guard import CallbackGuard, RefusedDestination
-from broker.messages import Message
-from broker.registry import Subscriber
-from broker.settings import BrokerSettings
-from groker_common.http import HttpPool
-from groker_common.signatures import sign
+from broker.delivery import Courier
+from broker.errors import DeliveryFailed
+from broker.model import Message, Subscriber
+from broker.publication import Publication
 
 log = logging.getLogger(__name__)
 
-DELIVERY_HEADERS = {"Content-Type": "application/json", "User-Agent": "groker"}
-RETRY_PAUSE = 0.05  # seconds before the first retry; tenacity backs off after that
 
+class Removal(Protocol):
+    """Who takes a subscriber off the books when its lane gives up on it (the registry)."""
 
-class Unreachable(Exception):
-    """Connection refused or reset, timeout, or 5xx: worth another quick attempt."""
-
-
-class Gone(Exception):
-    """410 Gone (the subscriber asked to be removed), or its address is now refused."""
+    def unsubscribe(self, subscriber_id: str, reason: str | None = None) -> bool: ...
 
 
 class Lane:
+    """Delivers one subscriber's messages one at a time, in the order they were put, and
+    reports each outcome to the publication; gives up on the subscriber (and asks for its
+    removal) when a delivery fails for good."""
+
     def __init__(
         self,
         subscriber: Subscriber,
-        http: HttpPool,
-        guard: CallbackGuard,
-        settings: BrokerSettings,
-        counters: Counters,
-        observe_latency: Callable[[float], None],
-        on_published: Callable[[Message], None],
-        on_unreachable: Callable[[str, str], None],
+        courier: Courier,
+        capacity: int,
+        publication: Publication,
+        removal: Removal,
     ) -> None:
         self.subscriber = subscriber
-        self._http = http
-        self._guard = guard
-        self._timeout = settings.attempt_timeout
-        self._counters = counters
-        self._observe_latency = observe_latency
-        self._on_published = on_published
-        self._on_unreachable = on_unreachable
-        self._queue: gevent.queue.Queue[Message] = gevent.queue.Queue(settings.lane_capacity)
-        self._attempts = settings.delivery_attempts
-        self._deadline = settings.delivery_timeout
+        self._courier = courier
+        self._publication = publication
+        self._removal = removal
+        self._queue: gevent.queue.Queue[Message] = gevent.queue.Queue(capacity)
         self._current: Message | None = None
         self.closed = False
         self.delivered = 0
@@ -117,73 +96,26 @@ class Lane:
 
     def _resolve(self, message: Message, delivered: bool) -> None:
         if delivered:
-            self._counters.delivered += 1
             self.delivered += 1
         else:
-            self._counters.failed += 1
             self.failed += 1
-        if message.resolve(self.subscriber.id, delivered):
-            self._on_published(message)
+        self._publication.record(message, self.subscriber.id, delivered)
 
     def _run(self) -> None:
         while not self.closed:
             message = self._current = self._queue.get()
-            began = time.perf_counter()
             try:
-                status = self._deliver(message, began)
-            except Gone as exc:
-                reason = str(exc)
-            except Unreachable as exc:
-                reason = str(exc)
-            else:
-                self._current = None
-                self._observe_latency(time.perf_counter() - began)
-                if status >= 300:
-                    log.warning(
-                        "subscriber %s refused seq %d with HTTP %d",
-                        self.subscriber.id,
-                        message.seq,
-                        status,
-                        extra={"message_id": message.id, "seq": message.seq},
-                    )
-                self._resolve(message, delivered=status < 300)
-                continue
-            self._on_unreachable(self.subscriber.id, reason)
-            return
-
-    def _deliver(self, message: Message, began: float) -> int:
-        """One attempt, and the retry machinery only when it fails: most deliveries succeed
-        at once, and tenacity's bookkeeping costs more than the POST's own Python work."""
-        try:
-            return self._post(message)
-        except Unreachable:
-            if self._attempts == 1:
-                raise
-        remaining = self._deadline - (time.perf_counter() - began)
-        gevent.sleep(RETRY_PAUSE)
-        # The rest of the attempts, within what is left of the delivery timeout.
-        retrying = Retrying(
-            stop=stop_after_attempt(self._attempts - 1) | stop_after_delay(max(0.0, remaining)),
-            wait=wait_exponential(multiplier=0.05, max=0.5),
-            retry=retry_if_exception_type(Unreachable),
-            sleep=gevent.sleep,
-            reraise=True,
-        )
-        return retrying(self._post, message)
-
-    def _post(self, message: Message) -> int:
-        url = self.subscriber.callback
-        try:
-            self._guard.check(url)  # again at delivery time: DNS can change
-        except RefusedDestination as exc:
-            raise Gone(f"callback now refused: {exc}") from exc
-        headers = DELIVERY_HEADERS | sign(self.subscriber.secret, message.id, message.payload)
-        try:
-            status, _ = self._http.request("POST", url, message.payload, headers, self._timeout)
-        except Exception as exc:  # any transport failure means the same: not reached
-            raise Unreachable(f"{type(exc).__name__}: {exc}") from exc
-        if status == 410:
-            raise Gone("410 Gone")
-        if status >= 500:
-            raise Unreachable(f"HTTP {status}")
-        return status
+                status = self._courier.deliver(self.subscriber, message)
+            except DeliveryFailed as exc:
+                self._removal.unsubscribe(self.subscriber.id, str(exc))
+                return
+            self._current = None
+            if status >= 300:
+                log.warning(
+                    "subscriber %s refused seq %d with HTTP %d",
+                    self.subscriber.id,
+                    message.seq,
+                    status,
+                    extra={"message_id": message.id, "seq": message.seq},
+                )
+            self._resolve(message, delivered=status < 300)

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import Metric
 
+from broker.model import Stats
 from groker_common.metrics import LATENCY_BUCKETS, ReadAtScrape, counter, gauge
-
-if TYPE_CHECKING:
-    from broker.core import Broker
 
 
 class BrokerMetrics:
+    """The latency histograms, observed as things happen, and the figures of one `Stats`
+    snapshot, read at each scrape (the same snapshot /stats answers with)."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         publish = Histogram(
@@ -39,28 +38,26 @@ class BrokerMetrics:
             registry=self.registry,
         )
 
-    def watch(self, broker: Broker) -> None:
-        self.registry.register(ReadAtScrape(lambda: _read(broker)))
+    def watch(self, read_stats: Callable[[], Stats]) -> None:
+        self.registry.register(ReadAtScrape(lambda: _export(read_stats())))
 
 
-def _read(broker: Broker) -> Iterable[Metric]:
-    c, store = broker.counters, broker.store
-    oldest = store.oldest_queued_at()
-    lanes = broker.registry.lanes()
-    yield gauge("groker_queue_length", "Messages waiting for publication to begin", store.queued())
+def _export(stats: Stats) -> Iterable[Metric]:
+    c = stats.counters
     yield gauge(
-        "groker_unpublished_messages", "Accepted and not yet published", store.unpublished()
+        "groker_queue_length", "Messages waiting for publication to begin", stats.queue_length
     )
+    yield gauge("groker_unpublished_messages", "Accepted and not yet published", stats.unpublished)
     yield gauge(
         "groker_oldest_queued_age_seconds",
         "Age of the oldest message in the queue",
-        time.time() - oldest if oldest else 0.0,
+        stats.oldest_queued_age,
     )
-    yield gauge("groker_subscribers", "Current subscribers", len(lanes))
+    yield gauge("groker_subscribers", "Current subscribers", stats.subscribers)
     yield gauge(
         "groker_lane_backlog",
         "Messages waiting in one subscriber's lane",
-        {lane.subscriber.id: lane.backlog for lane in lanes},
+        stats.lane_backlog,
         "subscriber",
     )
     yield counter("groker_messages_accepted", "Messages accepted", c.accepted)

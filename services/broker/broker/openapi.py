@@ -1,106 +1,104 @@
-"""The broker's OpenAPI 3.1 document, served at /openapi.json.
-
-Request bodies come from the same pydantic models the routes validate with, so the document
-cannot drift from what is accepted; a test checks that every route is in it and nothing else.
-"""
+"""The broker's OpenAPI 3.1 document, served at /openapi.json, generated from the operations
+the routes declare (operations.route): their paths, scopes, request models and the models
+their answers are built with. A test checks that every route is in it and nothing else."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field
+from flask import Blueprint
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from broker.requests_schema import PublishRequest, SubscribeRequest
+# Imported for the operations they declare.
+from broker import dashboard, routes  # noqa: F401
+from broker.operations import OPERATIONS, Operation, Reply, declare, route
+from broker.schemas import Error, Health
+
+spec = Blueprint("spec", __name__)
+
+# What each error answer means, wherever it is given.
+ERRORS = {
+    400: "invalid request",
+    401: "missing or wrong bearer token",
+    403: "callback destination not allowed",
+    404: "not found",
+    413: "body too large",
+    415: "not JSON",
+    422: "callback did not echo the challenge",
+    429: "rate limited (see Retry-After)",
+    431: "too many or too large headers",
+    503: "queue full or stopping (see Retry-After)",
+}
+# The routes every groker service serves (groker_common.web, groker_common.metrics).
+for shared in (
+    Operation("get", "/healthz", "healthz", {200: Reply("alive", Health)}),
+    Operation(
+        "get",
+        "/readyz",
+        "readyz",
+        {200: Reply("ready", Health), 503: Reply("starting or draining", Error)},
+    ),
+    Operation(
+        "get",
+        "/metrics",
+        "metrics",
+        {200: Reply("Prometheus metrics", content_type="text/plain", schema={"type": "string"})},
+    ),
+):
+    declare(shared)
 
 
-class Error(BaseModel):
-    error: str
-    detail: Any = None
+def _content(reply: Reply) -> dict[str, Any]:
+    answer: dict[str, Any] = {"description": reply.description}
+    if reply.model is not None:
+        schema = {"$ref": f"#/components/schemas/{reply.model.__name__}"}
+        answer["content"] = {"application/json": {"schema": schema}}
+    elif reply.content_type is not None or reply.schema is not None:
+        media: dict[str, Any] = {} if reply.schema is None else {"schema": reply.schema}
+        answer["content"] = {reply.content_type or "application/json": media}
+    return answer
 
 
-class MessageStatus(BaseModel):
-    id: str
-    seq: int = Field(ge=1)
-    status: Literal["queued", "published"]
-    delivered: int | None = None
-    failed: int | None = None
-    published_at: float | None = None
+def _operation(op: Operation) -> dict[str, Any]:
+    errors = {*op.errors, 431} | ({401, 429} if op.scope else set())
+    replies = {code: Reply(ERRORS[code], Error) for code in sorted(errors)} | op.replies
+    item: dict[str, Any] = {"operationId": op.operation_id}
+    if op.scope is not None:
+        item["security"] = [{f"{op.scope}Token": []}]
+    if op.parameters:
+        item["parameters"] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in op.parameters
+        ]
+    if op.request is not None:
+        ref = {"$ref": f"#/components/schemas/{op.request.__name__}"}
+        item["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": ref}},
+        }
+    item["responses"] = {str(code): _content(reply) for code, reply in replies.items()}
+    return item
 
 
-class Subscription(BaseModel):
-    id: str
-    callback: str
-    created_at: float
-
-
-class NewSubscription(Subscription):
-    secret: str = Field(description="Standard Webhooks secret signing every delivery")
-
-
-class SubscriptionList(BaseModel):
-    subscriptions: list[Subscription]
-
-
-class Health(BaseModel):
-    status: str
-
-
-MODELS: list[type[BaseModel]] = [
-    PublishRequest,
-    SubscribeRequest,
-    Error,
-    MessageStatus,
-    Subscription,
-    NewSubscription,
-    SubscriptionList,
-    Health,
-]
-
-
-def _json(schema: str | dict[str, Any], description: str) -> dict[str, Any]:
-    ref = {"$ref": f"#/components/schemas/{schema}"} if isinstance(schema, str) else schema
-    return {"description": description, "content": {"application/json": {"schema": ref}}}
-
-
-def _errors(*codes: int) -> dict[str, Any]:
-    names = {
-        400: "invalid request",
-        401: "missing or wrong bearer token",
-        403: "callback destination not allowed",
-        404: "not found",
-        413: "body too large",
-        415: "not JSON",
-        422: "callback did not echo the challenge",
-        429: "rate limited (see Retry-After)",
-        431: "too many or too large headers",
-        503: "queue full or stopping (see Retry-After)",
-    }
-    return {str(code): _json("Error", names[code]) for code in codes}
-
-
-COMMON = (401, 429, 431)
+def _models() -> list[type[BaseModel]]:
+    found: dict[str, type[BaseModel]] = {}
+    for op in OPERATIONS:
+        for model in (op.request, *(r.model for r in op.replies.values())):
+            if model is not None:
+                found[model.__name__] = model
+    found[Error.__name__] = Error
+    return list(found.values())
 
 
 def document() -> dict[str, Any]:
     _, defs = models_json_schema(
-        [(model, "validation") for model in MODELS], ref_template="#/components/schemas/{model}"
+        [(model, "validation") for model in _models()],
+        ref_template="#/components/schemas/{model}",
     )
-    message_id = {
-        "name": "message_id",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string"},
-    }
-    subscriber_id = {
-        "name": "subscriber_id",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string"},
-    }
-    publish_security = [{"publishToken": []}]
-    manage_security = [{"manageToken": []}]
-    open_json = {"type": "object"}
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method] = _operation(op)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -108,139 +106,7 @@ def document() -> dict[str, Any]:
             "version": "1.0.0",
             "description": "One FIFO queue, published to webhook subscribers.",
         },
-        "paths": {
-            "/messages": {
-                "post": {
-                    "operationId": "publish",
-                    "security": publish_security,
-                    "requestBody": {"required": True, **_json("PublishRequest", "the message")},
-                    "responses": {
-                        "200": _json("MessageStatus", "sync: published"),
-                        "202": _json("MessageStatus", "async: queued"),
-                        "504": _json("MessageStatus", "sync: not yet published; still queued"),
-                        **_errors(400, 403, 413, 415, 503, *COMMON),
-                    },
-                }
-            },
-            "/messages/{message_id}": {
-                "get": {
-                    "operationId": "get_message",
-                    "security": publish_security,
-                    "parameters": [message_id],
-                    "responses": {
-                        "200": _json("MessageStatus", "the message's status"),
-                        **_errors(404, *COMMON),
-                    },
-                }
-            },
-            "/subscriptions": {
-                "post": {
-                    "operationId": "subscribe",
-                    "security": manage_security,
-                    "requestBody": {"required": True, **_json("SubscribeRequest", "the callback")},
-                    "responses": {
-                        "201": _json("NewSubscription", "subscribed"),
-                        "200": _json("NewSubscription", "that callback was subscribed already"),
-                        **_errors(400, 403, 413, 415, 422, 503, *COMMON),
-                    },
-                },
-                "get": {
-                    "operationId": "list_subscriptions",
-                    "security": manage_security,
-                    "responses": {
-                        "200": _json("SubscriptionList", "current subscriptions"),
-                        **_errors(*COMMON),
-                    },
-                },
-            },
-            "/subscriptions/{subscriber_id}": {
-                "get": {
-                    "operationId": "get_subscription",
-                    "security": manage_security,
-                    "parameters": [subscriber_id],
-                    "responses": {
-                        "200": _json("Subscription", "the subscription"),
-                        **_errors(404, *COMMON),
-                    },
-                },
-                "delete": {
-                    "operationId": "unsubscribe",
-                    "security": manage_security,
-                    "parameters": [subscriber_id],
-                    "responses": {"204": {"description": "unsubscribed"}, **_errors(404, *COMMON)},
-                },
-            },
-            "/stats": {
-                "get": {
-                    "operationId": "stats",
-                    "responses": {"200": _json(open_json, "counters"), **_errors(431)},
-                }
-            },
-            "/healthz": {
-                "get": {
-                    "operationId": "healthz",
-                    "responses": {"200": _json("Health", "alive"), **_errors(431)},
-                }
-            },
-            "/readyz": {
-                "get": {
-                    "operationId": "readyz",
-                    "responses": {
-                        "200": _json("Health", "ready"),
-                        **_errors(431),
-                        "503": _json("Error", "starting or draining"),
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "operationId": "metrics",
-                    "responses": {
-                        "200": {
-                            "description": "Prometheus metrics",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        },
-                        **_errors(431),
-                    },
-                }
-            },
-            "/openapi.json": {
-                "get": {
-                    "operationId": "openapi",
-                    "responses": {"200": _json(open_json, "this document"), **_errors(431)},
-                }
-            },
-            "/": {
-                "get": {
-                    "operationId": "dashboard",
-                    "responses": {
-                        "200": {"description": "the live dashboard", "content": {"text/html": {}}},
-                        **_errors(431),
-                    },
-                }
-            },
-            "/dashboard/snapshot": {
-                "get": {
-                    "operationId": "dashboard_snapshot",
-                    "responses": {
-                        "200": _json(open_json, "what the dashboard shows"),
-                        **_errors(431),
-                    },
-                }
-            },
-            "/dashboard/events": {
-                "get": {
-                    "operationId": "dashboard_events",
-                    "responses": {
-                        "200": {
-                            "description": "snapshots as server-sent events, every second",
-                            "content": {"text/event-stream": {}},
-                        },
-                        **_errors(431),
-                    },
-                }
-            },
-        },
+        "paths": paths,
         "components": {
             "schemas": defs["$defs"],
             "securitySchemes": {
@@ -249,3 +115,10 @@ def document() -> dict[str, Any]:
             },
         },
     }
+
+
+@route(
+    spec, "GET", "/openapi.json", replies={200: Reply("this document", schema={"type": "object"})}
+)
+def openapi() -> dict[str, Any]:
+    return document()

@@ -3,46 +3,29 @@
 from __future__ import annotations
 
 import logging
-import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
-from broker.counters import Counters
-from groker_common.signatures import new_secret
-
-if TYPE_CHECKING:
-    from broker.lanes import Lane
-    from broker.store import MessageStore
+from broker.lanes import Lane
+from broker.model import Counters, Subscriber
+from broker.storage.base import SubscriptionStore
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(eq=False)
-class Subscriber:
-    callback: str
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    created_at: float = field(default_factory=time.time)
-    # Signs every delivery to this subscriber; told to it only in the subscribe answer.
-    secret: str = field(default_factory=new_secret, repr=False)
-
-    def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "callback": self.callback, "created_at": self.created_at}
-
-
 class SubscriberRegistry:
+    """The subscribers by id and by callback, each with its open lane; keeps the
+    subscription store in step."""
+
     def __init__(
         self,
-        open_lane: Callable[[Subscriber], Lane],
-        on_subscribed: Callable[[], None],
+        store: SubscriptionStore,
         counters: Counters,
-        store: MessageStore,
+        open_lane: Callable[..., Lane],
     ) -> None:
-        self._open_lane = open_lane
+        # open_lane(subscriber=, removal=) makes the lane; the rest of its parts are bound.
         self._store = store
-        self._on_subscribed = on_subscribed
         self._counters = counters
+        self._open_lane = open_lane
         self._lanes: dict[str, Lane] = {}
         self._by_callback: dict[str, str] = {}
 
@@ -57,15 +40,14 @@ class SubscriberRegistry:
         log.info("subscribed %s %s", subscriber.id, callback)
         return subscriber, True
 
-    def restore(self, subscribers: list[Subscriber]) -> None:
+    def restore(self) -> None:
         """Take back the subscriptions a restarted broker had."""
-        for subscriber in subscribers:
+        for subscriber in self._store.subscriptions():
             self._add(subscriber)
 
     def _add(self, subscriber: Subscriber) -> None:
-        self._lanes[subscriber.id] = self._open_lane(subscriber)
+        self._lanes[subscriber.id] = self._open_lane(subscriber=subscriber, removal=self)
         self._by_callback[subscriber.callback] = subscriber.id
-        self._on_subscribed()
 
     def unsubscribe(self, subscriber_id: str, reason: str | None = None) -> bool:
         """Remove a subscriber: at its own request (no reason) or because it failed."""

@@ -1,18 +1,25 @@
-"""The broker's HTTP API: a thin layer that turns requests into calls on `Broker`."""
+"""The broker's HTTP API: a thin layer that turns requests into calls on `Broker`, each
+route declared once with its scope and answers (operations.route)."""
 
 from __future__ import annotations
 
 from typing import TypeVar, cast
 
-from flask import Blueprint, current_app, request, url_for
+from flask import Blueprint, current_app, request
 from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import UnsupportedMediaType
 
-from broker import openapi
-from broker.core import Broker, Draining, QueueFull
-from broker.guard import RefusedDestination
-from broker.requests_schema import PublishRequest, SubscribeRequest
-from broker.sqlite_store import StoreError
-from broker.verification import VerificationFailed
+from broker.core import Broker
+from broker.errors import ChallengeFailed, Draining, QueueFull, RefusedDestination, StoreError
+from broker.operations import Reply, route
+from broker.schemas import (
+    MessageStatus,
+    NewSubscription,
+    PublishRequest,
+    SubscribeRequest,
+    Subscription,
+    SubscriptionList,
+)
 from groker_common.web import error
 
 api = Blueprint("api", __name__)
@@ -26,17 +33,24 @@ def _broker() -> Broker:
 def _parse(model: type[Model]) -> Model:
     """Validate the JSON body; the error handlers below turn failures into 4xx."""
     if not request.is_json:
-        raise UnsupportedMedia()
+        raise UnsupportedMediaType("send Content-Type: application/json")
     return model.model_validate_json(request.get_data(cache=False))
 
 
-class UnsupportedMedia(Exception):
-    pass
+# What each refusal of the core is, over HTTP: status, error, and Retry-After if any.
+@api.errorhandler(QueueFull)
+def _queue_full(_exc: QueueFull):
+    return error(503, "queue full", "try again later", Retry_After=str(QueueFull.retry_after))
 
 
-@api.errorhandler(UnsupportedMedia)
-def _unsupported_media(_exc: UnsupportedMedia):
-    return error(415, "unsupported media type", "send Content-Type: application/json")
+@api.errorhandler(Draining)
+def _draining(_exc: Draining):
+    return error(503, "shutting down", "try again later", Retry_After=str(Draining.retry_after))
+
+
+@api.errorhandler(StoreError)
+def _store_failed(exc: StoreError):
+    return error(503, "store unavailable", str(exc), Retry_After=str(StoreError.retry_after))
 
 
 @api.errorhandler(RefusedDestination)
@@ -44,14 +58,9 @@ def _refused(exc: RefusedDestination):
     return error(403, "callback not allowed", str(exc))
 
 
-@api.errorhandler(VerificationFailed)
-def _unverified(exc: VerificationFailed):
+@api.errorhandler(ChallengeFailed)
+def _unconfirmed(exc: ChallengeFailed):
     return error(422, "callback verification failed", str(exc))
-
-
-@api.errorhandler(StoreError)
-def _store_failed(exc: StoreError):
-    return error(503, "store unavailable", str(exc), Retry_After="5")
 
 
 @api.errorhandler(ValidationError)
@@ -64,74 +73,117 @@ def _invalid(exc: ValidationError):
     return error(400, "malformed JSON" if bad_json else "invalid request", detail)
 
 
-@api.post("/messages")
+@route(
+    api,
+    "POST",
+    "/messages",
+    scope="publish",
+    request=PublishRequest,
+    replies={
+        200: Reply("sync: published", MessageStatus),
+        202: Reply("async: queued", MessageStatus),
+        504: Reply("sync: not yet published; still queued", MessageStatus),
+    },
+    errors=(400, 403, 413, 415, 503),
+)
 def publish():
     broker = _broker()
     req = _parse(PublishRequest)
-    try:
-        message = broker.publish(req.body, req.mode, req.headers, req.callback)
-    except QueueFull:
-        return error(503, "queue full", "try again later", Retry_After="1")
-    except Draining:
-        return error(503, "shutting down", "try again later", Retry_After="5")
+    message = broker.publish(req.body, req.mode, req.headers, req.callback)
     # A plain f-string: url_for costs a few percent of this, the hottest route.
     location = {"Location": f"/messages/{message.id}"}
     if req.mode == "async":
-        return message.outcome(), 202, location
+        return MessageStatus.of(message).body(), 202, location
     outcome = broker.wait_published(message)
+    answer = MessageStatus.of(message).body()
     if outcome == "published":
-        return message.outcome(), 200
+        return answer, 200
     if outcome == "draining":
         # Accepted and stored: it is published after the restart; poll Location for it.
-        return message.outcome(), 503, {**location, "Retry-After": "5"}
-    return message.outcome(), 504, location
+        return answer, 503, {**location, "Retry-After": str(Draining.retry_after)}
+    return answer, 504, location
 
 
-@api.get("/messages/<message_id>")
+@route(
+    api,
+    "GET",
+    "/messages/<message_id>",
+    scope="publish",
+    replies={200: Reply("the message's status", MessageStatus)},
+    errors=(404,),
+)
 def get_message(message_id: str):
     message = _broker().message(message_id)
     if message is None:
         return error(404, "not found", f"no message {message_id!r} (unknown or pruned)")
-    return message.outcome()
+    return MessageStatus.of(message).body()
 
 
-@api.post("/subscriptions")
+@route(
+    api,
+    "POST",
+    "/subscriptions",
+    scope="manage",
+    request=SubscribeRequest,
+    replies={
+        201: Reply("subscribed", NewSubscription),
+        200: Reply("that callback was subscribed already", NewSubscription),
+    },
+    errors=(400, 403, 413, 415, 422, 503),
+)
 def subscribe():
     req = _parse(SubscribeRequest)
     subscriber, created = _broker().subscribe(req.callback)
-    location = url_for("api.get_subscription", subscriber_id=subscriber.id)
-    # The signing secret goes only to whoever subscribes the callback (and to a repeat of
-    # that request, so a subscriber that restarts can learn it again); never listed.
-    answer = {**subscriber.describe(), "secret": subscriber.secret}
-    return answer, 201 if created else 200, {"Location": location}
+    location = f"/subscriptions/{subscriber.id}"
+    return NewSubscription.of(subscriber).body(), 201 if created else 200, {"Location": location}
 
 
-@api.get("/subscriptions")
+@route(
+    api,
+    "GET",
+    "/subscriptions",
+    scope="manage",
+    replies={200: Reply("current subscriptions", SubscriptionList)},
+)
 def list_subscriptions():
-    lanes = _broker().registry.lanes()
-    return {"subscriptions": [lane.subscriber.describe() for lane in lanes]}
+    listed = [Subscription.of(s) for s in _broker().subscriptions()]
+    return SubscriptionList(subscriptions=listed).body()
 
 
-@api.get("/subscriptions/<subscriber_id>")
+@route(
+    api,
+    "GET",
+    "/subscriptions/<subscriber_id>",
+    scope="manage",
+    replies={200: Reply("the subscription", Subscription)},
+    errors=(404,),
+)
 def get_subscription(subscriber_id: str):
-    subscriber = _broker().registry.get(subscriber_id)
+    subscriber = _broker().subscription(subscriber_id)
     if subscriber is None:
         return error(404, "not found", f"no subscription {subscriber_id!r}")
-    return subscriber.describe()
+    return Subscription.of(subscriber).body()
 
 
-@api.delete("/subscriptions/<subscriber_id>")
+@route(
+    api,
+    "DELETE",
+    "/subscriptions/<subscriber_id>",
+    scope="manage",
+    replies={204: Reply("unsubscribed")},
+    errors=(404,),
+)
 def unsubscribe(subscriber_id: str):
     if not _broker().unsubscribe(subscriber_id):
         return error(404, "not found", f"no subscription {subscriber_id!r}")
     return "", 204
 
 
-@api.get("/stats")
+@route(
+    api,
+    "GET",
+    "/stats",
+    replies={200: Reply("counters", schema={"type": "object"})},
+)
 def stats():
-    return _broker().stats()
-
-
-@api.get("/openapi.json")
-def openapi_document():
-    return openapi.document()
+    return _broker().stats().as_dict()

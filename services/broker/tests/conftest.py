@@ -21,6 +21,7 @@ from gevent.pywsgi import WSGIServer
 from broker.app import create_app
 from broker.core import Broker
 from broker.settings import BrokerSettings
+from broker.wiring import build_broker
 from groker_common.http import HttpPool
 from groker_common.testing import launch_broker, serve, stop_process, wait_until
 from groker_common.webhooks import verification_answer
@@ -101,7 +102,7 @@ def settings() -> BrokerSettings:
 
 @pytest.fixture
 def broker(settings: BrokerSettings) -> Iterator[Broker]:
-    core = Broker(settings)
+    core = build_broker(settings)
     core.start()
     yield core
     core.stop()

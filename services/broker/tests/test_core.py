@@ -6,8 +6,11 @@ import gevent
 import gevent.event
 import pytest
 
-from broker.core import Broker, QueueFull
-from broker.senders import SyncSender
+from broker.core import Broker
+from broker.errors import QueueFull
+from broker.replies import SyncReply
+from broker.schemas import MessageStatus
+from broker.wiring import build_broker
 from groker_common.testing import wait_until
 
 from .conftest import settings_for_tests
@@ -29,13 +32,13 @@ def test_every_subscriber_receives_every_message_in_seq_order(broker, make_sink)
         assert sink.seqs == list(range(1, 61))
         assert [m["body"]["n"] for m in sink.received] == list(range(60))
     wait_until(lambda: all(published(broker, m.id) for m in messages), what="publication")
-    assert broker.stats()["published"] == 60
+    assert broker.stats().as_dict()["published"] == 60
 
 
 def test_messages_wait_in_order_until_a_subscriber_joins(broker, make_sink):
     messages = [broker.publish(n) for n in range(5)]
     gevent.sleep(0.1)
-    assert broker.stats()["queue_length"] == 5
+    assert broker.stats().as_dict()["queue_length"] == 5
     assert all(broker.message(m.id).status == "queued" for m in messages)
     sink = make_sink()
     broker.subscribe(sink.url)
@@ -77,7 +80,7 @@ def test_subscriber_answering_5xx_is_removed_after_its_attempts(broker, make_sin
     assert bad.hits == broker.settings.delivery_attempts
     assert [lane.subscriber.callback for lane in broker.registry.lanes()] == [good.url]
     assert (message.delivered, message.failed) == (1, 1)
-    assert broker.stats()["removed"] == 1
+    assert broker.stats().as_dict()["removed"] == 1
 
 
 def test_subscriber_answering_410_is_removed_at_once(broker, make_sink):
@@ -91,7 +94,7 @@ def test_subscriber_answering_410_is_removed_at_once(broker, make_sink):
 
 def test_unreachable_subscriber_is_removed(make_sink):
     # Verification off: it is what keeps an unreachable callback out in the first place.
-    broker = Broker(settings_for_tests(verify_subscriptions=False))
+    broker = build_broker(settings_for_tests(verify_subscriptions=False))
     broker.start()
     try:
         sink = make_sink()
@@ -150,11 +153,11 @@ def test_unsubscribe_stops_deliveries_and_resolves_what_its_lane_held(broker, ma
 def test_sync_sender_is_woken_when_the_message_is_published(broker, make_sink):
     sink = make_sink()
     message = broker.publish("s", mode="sync")
-    assert isinstance(message.sender, SyncSender)
-    assert not message.sender.wait(0.05)  # no subscriber yet: still queued
+    assert isinstance(message.reply, SyncReply)
+    assert not message.reply.wait(0.05)  # no subscriber yet: still queued
     broker.subscribe(sink.url)
-    assert message.sender.wait(2.0)
-    assert message.outcome()["delivered"] == 1
+    assert message.reply.wait(2.0)
+    assert MessageStatus.of(message).body()["delivered"] == 1
     assert sink.seqs == [message.seq]
 
 
@@ -166,7 +169,7 @@ def test_async_sender_notifies_the_callback(broker, make_sink):
     note = publisher.received[0]
     assert note["id"] == message.id and note["seq"] == message.seq
     assert (note["status"], note["delivered"], note["failed"]) == ("published", 1, 0)
-    assert broker.stats()["notifications_sent"] == 1
+    assert broker.stats().as_dict()["notifications_sent"] == 1
 
 
 def test_failed_notification_is_counted_and_does_not_block_the_queue(broker, make_sink):
@@ -176,18 +179,20 @@ def test_failed_notification_is_counted_and_does_not_block_the_queue(broker, mak
     rest = [broker.publish(n) for n in range(2, 6)]
     wait_until(lambda: len(subscriber.received) == 5, what="deliveries")
     wait_until(lambda: all(published(broker, m.id) for m in [first, *rest]), what="publication")
-    wait_until(lambda: broker.stats()["notifications_failed"] == 1, what="notification failure")
+    wait_until(
+        lambda: broker.stats().as_dict()["notifications_failed"] == 1, what="notification failure"
+    )
     assert broken.hits == broker.settings.notify_attempts
 
 
 def test_full_queue_refuses_and_keeps_what_it_holds(make_sink):
-    broker = Broker(settings_for_tests(max_queue_length=3))
+    broker = build_broker(settings_for_tests(max_queue_length=3))
     broker.start()
     try:
         kept = [broker.publish(n) for n in range(3)]
         with pytest.raises(QueueFull):
             broker.publish(3)
-        assert broker.stats()["rejected_full"] == 1
+        assert broker.stats().as_dict()["rejected_full"] == 1
         sink = make_sink()
         broker.subscribe(sink.url)
         wait_until(lambda: len(sink.received) == 3)
@@ -198,7 +203,7 @@ def test_full_queue_refuses_and_keeps_what_it_holds(make_sink):
 
 
 def test_bounded_lane_holds_the_dispatcher_only_until_the_hung_subscriber_is_removed(make_sink):
-    broker = Broker(settings_for_tests(lane_capacity=2, delivery_timeout=0.5))
+    broker = build_broker(settings_for_tests(lane_capacity=2, delivery_timeout=0.5))
     broker.start()
     release = gevent.event.Event()
     try:
@@ -215,13 +220,13 @@ def test_bounded_lane_holds_the_dispatcher_only_until_the_hung_subscriber_is_rem
 
 
 def test_queue_is_bounded_in_bytes_too():
-    broker = Broker(settings_for_tests(max_queue_bytes=2048))
+    broker = build_broker(settings_for_tests(max_queue_bytes=2048))
     broker.start()
     try:
         broker.publish("x" * 1500)
         with pytest.raises(QueueFull):
             broker.publish("y" * 1000)
-        assert broker.stats()["unpublished_bytes"] == 1502  # the JSON text of the body
+        assert broker.stats().as_dict()["unpublished_bytes"] == 1502  # the JSON text of the body
         broker.publish("z" * 100)  # a smaller one still fits
     finally:
         broker.stop()
@@ -231,7 +236,7 @@ def test_snapshot_shows_subscribers_with_their_lanes_and_the_newest_messages(bro
     sink = make_sink()
     broker.subscribe(sink.url)
     messages = [broker.publish(n) for n in range(5)]
-    wait_until(lambda: broker.stats()["published"] == 5)
+    wait_until(lambda: broker.stats().as_dict()["published"] == 5)
     broker.unsubscribe(broker.registry.lanes()[0].subscriber.id)
     waiting = broker.publish("no subscriber now")
     broker.subscribe(make_sink(status=400).url)
@@ -244,20 +249,22 @@ def test_snapshot_shows_subscribers_with_their_lanes_and_the_newest_messages(bro
 
 
 def test_flow_control_holds_publishers_only_while_lanes_are_behind(make_sink):
-    broker = Broker(settings_for_tests(flow_backlog=3, flow_wait=30, lane_capacity=1))
+    broker = build_broker(settings_for_tests(flow_backlog=3, flow_wait=30, lane_capacity=1))
     broker.start()
     release = gevent.event.Event()
     try:
         # No subscriber: messages wait in the queue by design, and nobody is held.
         early = [broker.publish(n) for n in range(10)]
-        assert broker.stats()["queue_length"] == 10
+        assert broker.stats().as_dict()["queue_length"] == 10
         stuck = make_sink(hold=release)
         broker.subscribe(stuck.url)
         publisher = gevent.spawn(lambda: [broker.publish(n) for n in range(10, 15)])
         # The stuck lane is full, the queue stays over the backlog: the publisher is held.
-        wait_until(lambda: broker.stats()["accepted"] == 11, what="the first held publish")
+        wait_until(
+            lambda: broker.stats().as_dict()["accepted"] == 11, what="the first held publish"
+        )
         gevent.sleep(0.1)
-        assert not publisher.ready() and broker.stats()["accepted"] == 11
+        assert not publisher.ready() and broker.stats().as_dict()["accepted"] == 11
         release.set()  # the lane moves again, the queue drains, the publisher goes on
         published = publisher.get(timeout=10)
         assert [m.seq for m in published] == [11, 12, 13, 14, 15]

@@ -10,8 +10,9 @@ from pathlib import Path
 import gevent
 import pytest
 
-from broker.core import Broker, Draining
+from broker.errors import Draining
 from broker.settings import BrokerSettings
+from broker.wiring import build_broker
 from groker_common.http import HttpPool
 from groker_common.testing import wait_until
 
@@ -32,7 +33,7 @@ def rows(settings: BrokerSettings, sql: str) -> list[tuple]:
 
 def test_accepted_messages_and_subscriptions_survive_a_restart(durable, make_sink):
     sink = make_sink()
-    first = Broker(durable)
+    first = build_broker(durable)
     first.start()
     subscriber, _ = first.subscribe(sink.url)
     first.unsubscribe(subscriber.id)
@@ -41,7 +42,7 @@ def test_accepted_messages_and_subscriptions_survive_a_restart(durable, make_sin
     messages = [first.publish({"n": n}) for n in range(5)]
     first.stop()
 
-    second = Broker(durable)
+    second = build_broker(durable)
     second.start()
     try:
         assert [lane.subscriber.id for lane in second.registry.lanes()] == [kept.id]
@@ -53,7 +54,7 @@ def test_accepted_messages_and_subscriptions_survive_a_restart(durable, make_sin
 
 
 def test_concurrent_publishes_share_commits(durable):
-    broker = Broker(durable)
+    broker = build_broker(durable)
     broker.start()
     try:
         publishers = [gevent.spawn(broker.publish, n) for n in range(300)]
@@ -69,17 +70,17 @@ def test_concurrent_publishes_share_commits(durable):
 
 def test_published_messages_are_pruned_but_seq_never_repeats(tmp_path, make_sink):
     settings = settings_for_tests(store="sqlite", db_path=str(tmp_path / "g.db"), retention_count=3)
-    broker = Broker(settings)
+    broker = build_broker(settings)
     broker.start()
     sink = make_sink()
     broker.subscribe(sink.url)
     messages = [broker.publish(n) for n in range(10)]
-    wait_until(lambda: broker.stats()["published"] == 10, what="publication")
+    wait_until(lambda: broker.stats().as_dict()["published"] == 10, what="publication")
     broker.store.prune()
     broker.stop()
     remaining = [seq for (seq,) in rows(settings, "SELECT seq FROM messages ORDER BY seq")]
     assert remaining == [8, 9, 10]  # the newest retention_count
-    again = Broker(settings)
+    again = build_broker(settings)
     again.start()
     try:
         assert again.message(messages[0].id) is None
@@ -90,7 +91,7 @@ def test_published_messages_are_pruned_but_seq_never_repeats(tmp_path, make_sink
 
 
 def test_draining_answers_sync_waiters_and_keeps_their_messages(durable, make_sink):
-    broker = Broker(durable)
+    broker = build_broker(durable)
     broker.start()
     message = broker.publish("wait for me", mode="sync")
     waiter = gevent.spawn(broker.wait_published, message)
@@ -103,7 +104,7 @@ def test_draining_answers_sync_waiters_and_keeps_their_messages(durable, make_si
     assert rows(durable, "SELECT status FROM messages") == [("queued",)]
 
     sink = make_sink()
-    after = Broker(durable)
+    after = build_broker(durable)
     after.start()
     try:
         after.subscribe(sink.url)

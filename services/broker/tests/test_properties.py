@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker.core import Broker
+from broker.wiring import build_broker
 from groker_common.testing import serve, wait_until
 from groker_common.webhooks import verification_answer
 
@@ -61,7 +62,7 @@ class Receiver:
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 def test_any_interleaving_keeps_the_promises(steps):
     receiver = Receiver()
-    broker = Broker(settings_for_tests(delivery_timeout=0.5, sync_timeout=30))
+    broker = build_broker(settings_for_tests(delivery_timeout=0.5, sync_timeout=30))
     broker.start()
     try:
         run(broker, receiver, steps)

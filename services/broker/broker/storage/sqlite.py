@@ -1,5 +1,5 @@
-"""The durable store: the in-memory queue and index of `MemoryStore`, written through to
-SQLite in WAL mode.
+"""The durable backend (the default): SQLite in WAL mode, behind a `QueueIndex` that
+serves the reads.
 
 Writes go to one writer thread (sqlite3 blocks, and would stall every greenlet if called
 from the hub) in batches: whatever accumulated while the previous commit ran is committed
@@ -15,15 +15,18 @@ import time
 from collections.abc import Callable
 from itertools import groupby
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.event
 from gevent.threadpool import ThreadPool
 
-from broker.messages import Message
-from broker.registry import Subscriber
-from broker.store import MemoryStore
+from broker.errors import StoreError
+from broker.model import Message, Subscriber
+from broker.storage.index import QueueIndex, ServedFromIndex
+
+if TYPE_CHECKING:
+    from broker.settings import BrokerSettings
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +78,10 @@ COLUMNS = (
 )
 
 
-class StoreError(Exception):
-    """A write could not be made durable."""
+class SqliteStore(ServedFromIndex):
+    """Every change is written to SQLite (group commit, one writer thread); the queue and
+    the recent messages are also kept in a `QueueIndex`, loaded from the file at start."""
 
-
-class SqliteStore(MemoryStore):
     def __init__(
         self,
         path: str,
@@ -88,7 +90,9 @@ class SqliteStore(MemoryStore):
         synchronous: str = "FULL",
         observe_write: Callable[[float], None] | None = None,
     ) -> None:
-        super().__init__(retention_count, retention_seconds)
+        self._index = QueueIndex(retention_count, retention_seconds)
+        self._retention_count = retention_count
+        self._retention_seconds = retention_seconds
         self._observe_write = observe_write
         self._path = path
         self._synchronous = synchronous
@@ -103,6 +107,18 @@ class SqliteStore(MemoryStore):
         self._thread.apply(self._open)
         self._load()
         self._flusher = gevent.spawn(self._flush_forever)
+
+    @classmethod
+    def from_settings(
+        cls, settings: BrokerSettings, observe_write: Callable[[float], None] | None = None
+    ) -> SqliteStore:
+        return cls(
+            settings.db_path,
+            settings.retention_count,
+            settings.retention_seconds,
+            synchronous=settings.sqlite_synchronous,
+            observe_write=observe_write,
+        )
 
     # --- the writer thread -------------------------------------------------------------
     def _open(self) -> None:
@@ -168,17 +184,16 @@ class SqliteStore(MemoryStore):
             (f"SELECT {COLUMNS} FROM messages WHERE status = 'queued' ORDER BY seq",),
         )
         for row in rows:
-            super().append(_message(row))
+            self._index.append(_message(row))
         recent = self._thread.apply(
             self._query,
             (f"SELECT {COLUMNS} FROM messages WHERE status = 'published' ORDER BY seq DESC"
              " LIMIT ?", (self._retention_count,)),
         )  # fmt: skip
         for row in reversed(recent):
-            message = _message(row)
-            self._recent[message.id] = message
+            self._index.remember_published(_message(row))
         (last,) = self._thread.apply(self._query, ("SELECT COALESCE(MAX(seq), 0) FROM messages",))
-        self._last_seq = last[0]
+        self._index.carry_on_from(last[0])
         self._subscriptions = [
             Subscriber(callback=cb, id=sid, created_at=at, secret=secret)
             for sid, cb, at, secret in self._thread.apply(
@@ -191,14 +206,14 @@ class SqliteStore(MemoryStore):
                 len(rows),
                 len(recent),
                 len(self._subscriptions),
-                self._last_seq,
+                self._index.last_seq(),
             )
 
-    # --- the MessageStore interface ----------------------------------------------------------
+    # --- the Store interface (the reads: ServedFromIndex) ---------------------------------
     def append(self, message: Message) -> None:
         # In the in-memory queue at once, so that seq order and queue order agree; the
         # publisher hears back only once the row is committed.
-        super().append(message)
+        self._index.append(message)
         self._submit(
             INSERT_MESSAGE,
             (
@@ -214,7 +229,7 @@ class SqliteStore(MemoryStore):
         )
 
     def mark_published(self, message: Message) -> None:
-        super().mark_published(message)
+        self._index.mark_published(message)
         # No callback means nothing to notify: recorded as notified.
         notified = message.notified or not message.callback
         self._submit(
@@ -224,11 +239,11 @@ class SqliteStore(MemoryStore):
         )
 
     def mark_notified(self, message: Message) -> None:
-        super().mark_notified(message)
+        message.notified = True
         self._submit(MARK_NOTIFIED, (message.seq,), wait=False)
 
     def prune(self) -> int:
-        pruned = super().prune()
+        pruned = self._index.prune()
         cutoff = time.time() - self._retention_seconds
         self._submit(PRUNE, (cutoff, self._retention_count), wait=False)
         return pruned

@@ -1,20 +1,17 @@
-"""Intent verification (WebSub's hub.challenge, in JSON): before a callback is subscribed,
-it must prove it wants to be, by echoing a random challenge. Without it, anyone could point
-the broker's deliveries at a victim."""
+"""The subscription challenge (WebSub's intent verification, hub.challenge, in JSON):
+before a callback is subscribed, it must prove it wants to be, by echoing a random
+challenge. Without it, anyone could point the broker's deliveries at a victim."""
 
 from __future__ import annotations
 
 import json
 import secrets
 
+from broker.errors import ChallengeFailed
 from groker_common.http import JSON_HEADERS, HttpPool
 
 
-class VerificationFailed(Exception):
-    """The callback did not echo the challenge."""
-
-
-def verify_intent(http: HttpPool, callback: str, timeout: float) -> None:
+def challenge_callback(http: HttpPool, callback: str, timeout: float) -> None:
     """POST {"type": "subscription.verify", "challenge": c}; the callback must answer 200
     with {"challenge": c}."""
     challenge = secrets.token_urlsafe(24)
@@ -22,12 +19,12 @@ def verify_intent(http: HttpPool, callback: str, timeout: float) -> None:
     try:
         status, raw = http.request("POST", callback, body, JSON_HEADERS, timeout)
     except Exception as exc:
-        raise VerificationFailed(f"callback not reachable: {type(exc).__name__}: {exc}") from exc
+        raise ChallengeFailed(f"callback not reachable: {type(exc).__name__}: {exc}") from exc
     if status != 200:
-        raise VerificationFailed(f"callback answered HTTP {status} to the challenge")
+        raise ChallengeFailed(f"callback answered HTTP {status} to the challenge")
     try:
         echoed = json.loads(raw).get("challenge")
     except (ValueError, AttributeError):
         echoed = None
     if echoed != challenge:
-        raise VerificationFailed("callback did not echo the challenge")
+        raise ChallengeFailed("callback did not echo the challenge")

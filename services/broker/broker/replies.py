@@ -1,15 +1,13 @@
-"""How a publisher hears that its message was published.
+"""How a publisher hears that its message was published: the two kinds of `model.Reply`.
 
 Both modes share the queue, the dispatcher and the lanes; they differ only here. A
-`SyncSender` wakes the HTTP request that is still waiting; an `AsyncSender` POSTs a
-notification to the publisher's callback."""
+`SyncReply` wakes the HTTP request that is still waiting; a `CallbackReply` has the
+`CallbackNotifier` POST a notification to the publisher's callback, off the delivery path."""
 
 from __future__ import annotations
 
 import json
 import logging
-from abc import ABC, abstractmethod
-from collections.abc import Callable
 
 import gevent.event
 import gevent.lock
@@ -22,22 +20,19 @@ from tenacity import (
     wait_exponential,
 )
 
-from broker.counters import Counters
 from broker.guard import CallbackGuard
-from broker.messages import Message
+from broker.model import Counters, Message
+from broker.schemas import MessageStatus
+from broker.storage.base import MessageStore
 from groker_common.http import JSON_HEADERS, HttpPool
 from groker_common.signatures import sign
 
 log = logging.getLogger(__name__)
 
 
-class Sender(ABC):
-    @abstractmethod
-    def on_published(self, message: Message) -> None:
-        """Called once, when every member of the message's delivery set is done."""
+class SyncReply:
+    """A sync publisher: its HTTP request waits (in its own greenlet) until woken."""
 
-
-class SyncSender(Sender):
     def __init__(self) -> None:
         self._woken = gevent.event.Event()
         self.abandoned = False
@@ -56,7 +51,10 @@ class SyncSender(Sender):
         return self._woken.wait(timeout)
 
 
-class AsyncSender(Sender):
+class CallbackReply:
+    """An async publisher: told at its callback URL, if it gave one. Stateless, so one
+    serves every async message (and every message recovered after a restart)."""
+
     def __init__(self, notifier: CallbackNotifier) -> None:
         self._notifier = notifier
 
@@ -77,13 +75,13 @@ class CallbackNotifier:
         attempts: int,
         timeout: float,
         secret: str | None,
-        on_done: Callable[[Message], None],
+        store: MessageStore,
         max_concurrent: int = 64,
     ) -> None:
         self._http = http
         self._guard = guard
         self._secret = secret
-        self._on_done = on_done
+        self._store = store
         self._counters = counters
         self._attempts = attempts
         self._timeout = timeout
@@ -91,7 +89,9 @@ class CallbackNotifier:
         self._group = gevent.pool.Group()
 
     def notify(self, message: Message) -> None:
-        self._group.spawn(self._send, message, json.dumps(message.outcome()).encode())
+        self._group.spawn(
+            self._send, message, json.dumps(MessageStatus.of(message).body()).encode()
+        )
 
     def _send(self, message: Message, body: bytes) -> None:
         assert message.callback is not None
@@ -117,7 +117,7 @@ class CallbackNotifier:
                 )
             else:
                 self._counters.notifications_sent += 1
-        self._on_done(message)
+        self._store.mark_notified(message)
 
     def _post(self, url: str, body: bytes, message_id: str) -> int:
         headers = JSON_HEADERS

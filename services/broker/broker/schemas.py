@@ -1,8 +1,10 @@
-"""What the broker accepts over HTTP, validated in one step from the raw JSON bytes."""
+"""What the broker's HTTP API takes and answers, as pydantic models: requests are validated
+with them in one step from the raw JSON bytes, answers are built with them, and the OpenAPI
+document is generated from them."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -14,6 +16,9 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+
+if TYPE_CHECKING:
+    from broker.model import Message, Subscriber
 
 MAX_URL_LENGTH = 2048
 
@@ -76,3 +81,66 @@ class SubscribeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     callback: CallbackUrl
+
+
+# --- answers -----------------------------------------------------------------------------
+class Answer(BaseModel):
+    def body(self) -> dict[str, Any]:
+        """The JSON object to send: fields that do not apply (None) are left out."""
+        return self.model_dump(exclude_none=True)
+
+
+class Error(Answer):
+    error: str
+    detail: Any = None
+
+
+class MessageStatus(Answer):
+    id: str
+    seq: int = Field(ge=1)
+    status: Literal["queued", "published"]
+    delivered: int | None = None
+    failed: int | None = None
+    published_at: float | None = None
+
+    @classmethod
+    def of(cls, message: Message) -> MessageStatus:
+        """What the publisher is told, by HTTP answer, callback or GET /messages/<id>."""
+        if message.status != "published":
+            return cls.model_construct(id=message.id, seq=message.seq, status=message.status)
+        return cls.model_construct(
+            id=message.id,
+            seq=message.seq,
+            status=message.status,
+            delivered=message.delivered,
+            failed=message.failed,
+            published_at=message.published_at,
+        )
+
+
+class Subscription(Answer):
+    id: str
+    callback: str
+    created_at: float
+
+    @classmethod
+    def of(cls, subscriber: Subscriber) -> Subscription:
+        return cls.model_construct(**subscriber.describe())
+
+
+class NewSubscription(Subscription):
+    secret: str = Field(description="Standard Webhooks secret signing every delivery")
+
+    @classmethod
+    def of(cls, subscriber: Subscriber) -> NewSubscription:
+        # The signing secret goes only to whoever subscribes the callback (and to a repeat
+        # of that request, so a subscriber that restarts can learn it again); never listed.
+        return cls.model_construct(**subscriber.describe(), secret=subscriber.secret)
+
+
+class SubscriptionList(Answer):
+    subscriptions: list[Subscription]
+
+
+class Health(Answer):
+    status: str

@@ -1,0 +1,89 @@
+"""One delivery: POST a message's payload to one subscriber, signed, with a few quick
+retries within the delivery timeout. Lanes (lanes.py) decide what to deliver and when."""
+
+from __future__ import annotations
+
+import time
+
+import gevent
+from prometheus_client import Histogram
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from broker.errors import Gone, RefusedDestination, Unreachable
+from broker.guard import CallbackGuard
+from broker.model import Message, Subscriber
+from groker_common.http import HttpPool
+from groker_common.signatures import sign
+
+DELIVERY_HEADERS = {"Content-Type": "application/json", "User-Agent": "groker"}
+RETRY_PAUSE = 0.05  # seconds before the first retry; tenacity backs off after that
+
+
+class Courier:
+    """Shared by every lane: the HTTP pool, the destination guard and the retry policy."""
+
+    def __init__(
+        self,
+        http: HttpPool,
+        guard: CallbackGuard,
+        attempts: int,
+        deadline: float,
+        latency: Histogram,
+    ) -> None:
+        self._http = http
+        self._guard = guard
+        self._attempts = attempts
+        self._deadline = deadline
+        self._timeout = deadline / attempts
+        self._latency = latency
+
+    def deliver(self, subscriber: Subscriber, message: Message) -> int:
+        """The subscriber's HTTP status (< 500 and not 410); raises Unreachable when every
+        attempt failed, Gone when the subscriber is not to be called again."""
+        began = time.perf_counter()
+        status = self._attempt_all(subscriber, message, began)
+        self._latency.observe(time.perf_counter() - began)
+        return status
+
+    def _attempt_all(self, subscriber: Subscriber, message: Message, began: float) -> int:
+        """One attempt, and the retry machinery only when it fails: most deliveries succeed
+        at once, and tenacity's bookkeeping costs more than the POST's own Python work."""
+        try:
+            return self._post(subscriber, message)
+        except Unreachable:
+            if self._attempts == 1:
+                raise
+        remaining = self._deadline - (time.perf_counter() - began)
+        gevent.sleep(RETRY_PAUSE)
+        # The rest of the attempts, within what is left of the delivery timeout.
+        retrying = Retrying(
+            stop=stop_after_attempt(self._attempts - 1) | stop_after_delay(max(0.0, remaining)),
+            wait=wait_exponential(multiplier=0.05, max=0.5),
+            retry=retry_if_exception_type(Unreachable),
+            sleep=gevent.sleep,
+            reraise=True,
+        )
+        return retrying(self._post, subscriber, message)
+
+    def _post(self, subscriber: Subscriber, message: Message) -> int:
+        url = subscriber.callback
+        try:
+            self._guard.check(url)  # again at delivery time: DNS can change
+        except RefusedDestination as exc:
+            raise Gone(f"callback now refused: {exc}") from exc
+        headers = DELIVERY_HEADERS | sign(subscriber.secret, message.id, message.payload)
+        try:
+            status, _ = self._http.request("POST", url, message.payload, headers, self._timeout)
+        except Exception as exc:  # any transport failure means the same: not reached
+            raise Unreachable(f"{type(exc).__name__}: {exc}") from exc
+        if status == 410:
+            raise Gone("410 Gone")
+        if status >= 500:
+            raise Unreachable(f"HTTP {status}")
+        return status

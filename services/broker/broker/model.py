@@ -1,0 +1,150 @@
+"""The broker's plain records: a message and its publication, a subscriber, the running
+totals and the snapshot that /stats, /metrics and the dashboard all read.
+
+Nothing here imports the rest of the broker, so every other module can import it."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+from groker_common.signatures import new_secret
+
+Mode = Literal["sync", "async"]
+Status = Literal["queued", "published"]
+# How a sync publisher's wait ended.
+WaitResult = Literal["published", "timeout", "draining"]
+
+
+def encode_body(body: Any) -> str:
+    return json.dumps(body, separators=(",", ":"))
+
+
+class Reply(Protocol):
+    """How the publisher of a message hears that it was published: the two ways are
+    `replies.SyncReply` (the HTTP request still waiting) and `replies.CallbackReply`."""
+
+    def on_published(self, message: Message) -> None:
+        """Called once, when every member of the message's delivery set is done."""
+
+
+# Slots, the body kept only as its JSON text, no empty containers, and the payload dropped
+# once published: a queued message costs well under a kilobyte beyond its body.
+@dataclass(eq=False, slots=True)
+class Message:
+    """One accepted message: what was published, where it stands in the queue (`seq`),
+    and, once its publication begins, which subscribers it goes to and how that went."""
+
+    id: str
+    seq: int
+    # The body as JSON text, encoded once: it is what the store keeps, what counts
+    # against the queue's byte bound, and what goes into every subscriber's payload.
+    body_json: str
+    mode: Mode
+    headers: dict[str, str] | None = None
+    callback: str | None = None
+    accepted_at: float = field(default_factory=time.time)
+    status: Status = "queued"
+    published_at: float | None = None
+    delivered: int = 0
+    failed: int = 0
+    notified: bool = False
+    # How the publisher hears of the outcome; not part of what a store keeps.
+    reply: Reply | None = field(default=None, repr=False)
+    _pending: set[str] | None = field(default=None, repr=False)
+    _payload: bytes = field(default=b"", repr=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.body_json)
+
+    def begin_publication(self, subscriber_ids: list[str]) -> None:
+        """Fix the delivery set, and encode the subscriber payload once for all of them."""
+        self.published_at = time.time()
+        self._pending = set(subscriber_ids)
+        envelope = json.dumps(
+            {
+                "id": self.id,
+                "seq": self.seq,
+                "headers": self.headers or {},
+                "published_at": self.published_at,
+            },
+            separators=(",", ":"),
+        )
+        # Splice the already-encoded body in rather than encoding it again.
+        self._payload = f'{envelope[:-1]},"body":{self.body_json}}}'.encode()
+
+    @property
+    def payload(self) -> bytes:
+        """What every subscriber is sent (empty before publication and once it is over)."""
+        return self._payload
+
+    def resolve(self, subscriber_id: str, delivered: bool) -> bool:
+        """Record one subscriber's outcome; True when that was the last one outstanding.
+
+        Idempotent per subscriber: a lane closing can race a lane finishing."""
+        if self._pending is None or subscriber_id not in self._pending:
+            return False
+        self._pending.discard(subscriber_id)
+        if delivered:
+            self.delivered += 1
+        else:
+            self.failed += 1
+        if self._pending:
+            return False
+        self.status = "published"
+        self._pending, self._payload = None, b""  # every lane is done with them
+        return True
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """A webhook that receives every message published while it is subscribed."""
+
+    callback: str
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    created_at: float = field(default_factory=time.time)
+    # Signs every delivery to this subscriber; told to it only in the subscribe answer.
+    secret: str = field(default_factory=new_secret, repr=False)
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "callback": self.callback, "created_at": self.created_at}
+
+
+@dataclass
+class Counters:
+    """Running totals since this broker process started."""
+
+    accepted: int = 0
+    published: int = 0
+    delivered: int = 0
+    failed: int = 0
+    removed: int = 0
+    unsubscribed: int = 0
+    rejected_full: int = 0
+    notifications_sent: int = 0
+    notifications_failed: int = 0
+
+
+@dataclass(frozen=True)
+class Stats:
+    """The broker's figures at one moment: what /stats answers and /metrics exports."""
+
+    queue_length: int
+    unpublished: int
+    unpublished_bytes: int
+    oldest_queued_age: float
+    last_seq: int
+    subscribers: int
+    lane_backlog: dict[str, int]
+    store: str
+    draining: bool
+    counters: Counters
+
+    def as_dict(self) -> dict[str, Any]:
+        answer = asdict(self)
+        counters = answer.pop("counters")
+        return answer | counters

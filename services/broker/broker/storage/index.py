@@ -1,0 +1,133 @@
+"""The in-process view of the queue that every backend serves reads from: the queue in seq
+order, the unpublished messages by id (with their total size), and the recently published
+ones, bounded by retention. Backends own one each (composition); durable ones write the
+same changes through to their engine."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from itertools import chain, islice
+
+from broker.model import Message
+
+
+class QueueIndex:
+    def __init__(self, retention_count: int, retention_seconds: float) -> None:
+        self._queue: deque[Message] = deque()
+        self._unpublished: dict[str, Message] = {}
+        self._unpublished_bytes = 0
+        self._recent: OrderedDict[str, Message] = OrderedDict()
+        self._retention_count = retention_count
+        self._retention_seconds = retention_seconds
+        self._last_seq = 0
+
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    def carry_on_from(self, seq: int) -> None:
+        """After a restart: seq goes on from the highest one ever stored."""
+        self._last_seq = max(self._last_seq, seq)
+
+    def append(self, message: Message) -> None:
+        self._queue.append(message)
+        self._unpublished[message.id] = message
+        self._unpublished_bytes += message.size
+        self._last_seq = max(self._last_seq, message.seq)
+
+    def head(self) -> Message | None:
+        return self._queue[0] if self._queue else None
+
+    def take_head(self) -> Message:
+        return self._queue.popleft()
+
+    def mark_published(self, message: Message) -> None:
+        if self._unpublished.pop(message.id, None) is not None:
+            self._unpublished_bytes -= message.size
+        self.remember_published(message)
+
+    def remember_published(self, message: Message) -> None:
+        """Keep a published message for GET, within the retention count."""
+        self._recent[message.id] = message
+        while len(self._recent) > self._retention_count:
+            self._recent.popitem(last=False)
+
+    def get(self, message_id: str) -> Message | None:
+        return self._unpublished.get(message_id) or self._recent.get(message_id)
+
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def unpublished(self) -> int:
+        return len(self._unpublished)
+
+    def unpublished_bytes(self) -> int:
+        return self._unpublished_bytes
+
+    def unpublished_messages(self) -> list[Message]:
+        return sorted(self._unpublished.values(), key=lambda m: m.seq)
+
+    def unnotified_messages(self) -> list[Message]:
+        return [m for m in self._recent.values() if m.callback and not m.notified]
+
+    def oldest_queued_at(self) -> float | None:
+        return self._queue[0].accepted_at if self._queue else None
+
+    def recent(self, limit: int) -> list[Message]:
+        queued = islice(reversed(self._queue), limit)
+        in_flight = (m for m in self._unpublished.values() if m.published_at is not None)
+        published = islice(reversed(self._recent.values()), limit)
+        newest = sorted(chain(queued, in_flight, published), key=lambda m: m.seq, reverse=True)
+        return newest[:limit]
+
+    def prune(self) -> int:
+        """Forget published messages older than the retention window; returns how many."""
+        cutoff = time.time() - self._retention_seconds
+        pruned = 0
+        while self._recent:
+            oldest = next(iter(self._recent.values()))
+            if (oldest.published_at or 0) >= cutoff:
+                break
+            self._recent.popitem(last=False)
+            pruned += 1
+        return pruned
+
+
+class ServedFromIndex:
+    """The reads of the `MessageStore` interface, answered from a backend's own
+    `QueueIndex` (each backend writes it, and its engine, its own way)."""
+
+    _index: QueueIndex
+
+    def last_seq(self) -> int:
+        return self._index.last_seq()
+
+    def head(self) -> Message | None:
+        return self._index.head()
+
+    def take_head(self) -> Message:
+        return self._index.take_head()
+
+    def get(self, message_id: str) -> Message | None:
+        return self._index.get(message_id)
+
+    def queued(self) -> int:
+        return self._index.queued()
+
+    def unpublished(self) -> int:
+        return self._index.unpublished()
+
+    def unpublished_bytes(self) -> int:
+        return self._index.unpublished_bytes()
+
+    def unpublished_messages(self) -> list[Message]:
+        return self._index.unpublished_messages()
+
+    def unnotified_messages(self) -> list[Message]:
+        return self._index.unnotified_messages()
+
+    def oldest_queued_at(self) -> float | None:
+        return self._index.oldest_queued_at()
+
+    def recent(self, limit: int) -> list[Message]:
+        return self._index.recent(limit)

@@ -1,0 +1,64 @@
+"""The composition root: the one place that makes a broker's parts and connects them.
+`create_app` and the tests both build their brokers here."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from broker.core import Broker, Parts
+from broker.delivery import Courier
+from broker.dispatcher import Dispatcher
+from broker.guard import CallbackGuard
+from broker.lanes import Lane
+from broker.metrics import BrokerMetrics
+from broker.model import Counters
+from broker.publication import Publication
+from broker.registry import SubscriberRegistry
+from broker.replies import CallbackNotifier
+from broker.settings import BrokerSettings
+from broker.storage import Store, open_store
+from groker_common.http import HttpPool
+
+
+def build_broker(
+    settings: BrokerSettings | None = None,
+    store: Store | None = None,
+    http: HttpPool | None = None,
+) -> Broker:
+    """A broker ready to `start()`, over the store the settings name (or `store`)."""
+    settings = settings or BrokerSettings()
+    counters = Counters()
+    metrics = BrokerMetrics()
+    store = store or open_store(settings, metrics.store_write.observe)
+    http = http or HttpPool()
+    guard = CallbackGuard(settings.allowed_networks)
+    notifier = CallbackNotifier(
+        http,
+        guard,
+        counters,
+        attempts=settings.notify_attempts,
+        timeout=settings.notify_timeout,
+        secret=settings.callback_secret,
+        store=store,
+    )
+    courier = Courier(
+        http,
+        guard,
+        settings.delivery_attempts,
+        settings.delivery_timeout,
+        metrics.delivery_latency,
+    )
+    open_lane = partial(
+        Lane,
+        courier=courier,
+        capacity=settings.lane_capacity,
+        publication=Publication(store, counters, metrics),
+    )
+    registry = SubscriberRegistry(store, counters, open_lane)
+    dispatcher = Dispatcher(store, registry, settings.flow_backlog)
+    broker = Broker(
+        settings,
+        Parts(store, registry, dispatcher, notifier, guard, http, counters, metrics),
+    )
+    metrics.watch(broker.stats)
+    return broker
