@@ -23,7 +23,7 @@ from broker.registry import SubscriberRegistry
 from broker.replies import CallbackNotifier, CallbackReply, SyncReply
 from broker.schemas import MessageStatus
 from broker.settings import BrokerSettings
-from broker.storage import Store
+from broker.storage.base import Store
 from groker_common.http import HttpPool
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from broker.publication import Publication
 from broker.registry import SubscriberRegistry
 from broker.replies import CallbackNotifier
 from broker.settings import BrokerSettings
-from broker.storage import Store, open_store
+from broker.storage.backends import Store, open_store
 from groker_common.http import HttpPool
 
 

@@ -1,0 +1,29 @@
+"""The storage backends by the name GROKER_STORE gives them. A new backend is a module in
+this package implementing `base.Store`, and a line in BACKENDS."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from broker.storage.base import Store
+from broker.storage.memory import MemoryStore
+from broker.storage.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from broker.settings import BrokerSettings
+
+
+BACKENDS = {
+    "sqlite": SqliteStore.from_settings,
+    "memory": MemoryStore.from_settings,
+}
+
+
+def open_store(
+    settings: BrokerSettings, observe_write: Callable[[float], None] | None = None
+) -> Store:
+    """Open the backend the settings name; `observe_write` times each durable write."""
+    if settings.store not in BACKENDS:
+        raise ValueError(f"GROKER_STORE={settings.store!r}: not one of {', '.join(BACKENDS)}")
+    return BACKENDS[settings.store](settings, observe_write=observe_write)
