@@ -8,6 +8,7 @@ against another deployment (set GROKER_E2E_MANAGE=0 to leave compose alone)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -55,6 +56,7 @@ class System:
         self.http = HttpPool()
         self.env = {**os.environ, **E2E_ENV}
         self.tokens: dict[str, str | None] = {"publish": None, "manage": None}
+        self._scopes: list[tuple[re.Pattern[str], str, str]] | None = None
 
     def load_tokens(self) -> None:
         """The deployment made its own tokens on first start; read them where it keeps them."""
@@ -66,8 +68,23 @@ class System:
                 else None
             )
 
-    def token_for(self, path: str) -> str | None:
-        return self.tokens["manage" if path.startswith("/subscriptions") else "publish"]
+    def token_for(self, method: str, path: str) -> str | None:
+        """The token of the scope the broker's own OpenAPI document says the route needs
+        (its routes declare their scopes once, and the document is made from that)."""
+        if self._scopes is None:
+            _, document = self.call("GET", f"{self.broker_url}/openapi.json")
+            self._scopes = [
+                (re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", template) + "$"), verb, scope)
+                for template, item in document["paths"].items()
+                for verb, operation in item.items()
+                for requirement in operation.get("security", [])
+                for scope in (name.removesuffix("Token") for name in requirement)
+            ]
+        path = path.split("?")[0]
+        for pattern, verb, scope in self._scopes:
+            if verb == method.lower() and pattern.match(path):
+                return self.tokens[scope]
+        return None
 
     # --- compose -------------------------------------------------------------------------
     def compose(self, *args: str, timeout: float = 600) -> str:
@@ -123,7 +140,7 @@ class System:
     def broker(self, method: str, path: str, payload: Any = None, timeout: float = 30):
         """Call the broker with the token its route needs."""
         url = f"{self.broker_url}{path}"
-        return self.call(method, url, payload, timeout, token=self.token_for(path))
+        return self.call(method, url, payload, timeout, token=self.token_for(method, path))
 
     def publish(self, body: Any, mode: str = "async") -> tuple[int, dict]:
         return self.broker("POST", "/messages", {"body": body, "mode": mode})

@@ -116,7 +116,7 @@ def test_bad_input_gets_a_clear_4xx_and_leaves_the_queue_alone(system: System):
         before = system.stats()
         for method, path, raw, content_type, status, message in BAD_INPUTS:
             headers = {"Content-Type": content_type} if content_type else {}
-            headers["Authorization"] = f"Bearer {system.token_for(path)}"
+            headers["Authorization"] = f"Bearer {system.token_for(method, path)}"
             body = raw.encode() if raw else b""
             got, answer = system.http.request(
                 method, f"{system.broker_url}{path}", body, headers, timeout=10
