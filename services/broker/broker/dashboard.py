@@ -39,6 +39,7 @@ def _event(broker: Broker) -> str:
     dashboard,
     "GET",
     "/",
+    operation_id="dashboard",
     replies={200: Reply("the live dashboard", content_type="text/html")},
 )
 def page() -> Response:
@@ -49,6 +50,7 @@ def page() -> Response:
     dashboard,
     "GET",
     "/dashboard/snapshot",
+    operation_id="dashboard_snapshot",
     replies={200: Reply("what the dashboard shows", schema={"type": "object"})},
 )
 def snapshot() -> dict:
@@ -59,6 +61,7 @@ def snapshot() -> dict:
     dashboard,
     "GET",
     "/dashboard/events",
+    operation_id="dashboard_events",
     replies={
         200: Reply(
             "snapshots as server-sent events, every second", content_type="text/event-stream"

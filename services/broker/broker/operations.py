@@ -58,6 +58,7 @@ def route(
     scope: Scope | None = None,
     request: type[BaseModel] | None = None,
     errors: tuple[int, ...] = (),
+    operation_id: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare an operation and register its view on `blueprint`; with a scope, the view
     runs only for a caller whose token has it (and within the rate limit)."""
@@ -70,7 +71,7 @@ def route(
             Operation(
                 method=method.lower(),
                 path=path.replace("<", "{").replace(">", "}"),
-                operation_id=view.__name__,
+                operation_id=operation_id or view.__name__,
                 replies=replies,
                 scope=scope,
                 request=request,
