@@ -1,6 +1,7 @@
 """The Kubernetes port in k8s/: valid against the Kubernetes API schemas (offline, with
 kubernetes-validate), and in agreement with docker-compose.yml and the Dockerfiles, which
-stay the source of truth for images, ports, settings and health checks."""
+stay the source of truth for images, ports, the deployment's settings and health checks.
+(The settings' defaults are the settings classes' own: test_settings_defaults.py.)"""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from typing import Any
 
 import pytest
 import yaml
+
+from client.settings import ClientSettings
+from server.settings import ServerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -42,12 +46,14 @@ def compose_service(name: str) -> dict[str, Any]:
 
 
 def compose_environment(name: str) -> dict[str, str]:
-    """The service's environment as compose runs it with nothing overridden."""
+    """The values the service's environment gives, as compose runs it with nothing overridden.
+    Names without a value (passed through from the shell when set there) are left out."""
     environment = compose_service(name).get("environment") or {}
     assert isinstance(environment, dict), f"{name}: expected environment as a mapping"
     return {
         key: COMPOSE_VARIABLE.sub(lambda m: m["default"] or "", str(value))
         for key, value in environment.items()
+        if value is not None
     }
 
 
@@ -191,7 +197,9 @@ def test_port_is_the_one_the_dockerfile_sets(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", SERVICES)
-def test_every_compose_setting_is_set_with_its_default(name: str) -> None:
+def test_every_setting_compose_gives_a_value_is_set_in_k8s_too(name: str) -> None:
+    # Compose gives values only where the deployment differs from the settings' defaults
+    # (test_settings_defaults.py); Kubernetes must differ in the same way.
     expected = compose_environment(name)
     assert expected, f"compose sets no environment for {name}"
     env = container_env(name)
@@ -250,9 +258,19 @@ def test_broker_keeps_its_store_on_a_persistent_volume() -> None:
     assert dockerfile_env("broker")["GROKER_DB_PATH"] == "/data/groker.db"
 
 
-def test_server_is_called_back_through_its_service() -> None:
-    assert env_value("server", "GROKER_BROKER_URL") == "http://broker:8000"
-    assert env_value("server", "GROKER_CALLBACK_URL") == "http://server:8001/notifications"
+def test_default_urls_reach_the_services() -> None:
+    # The manifests leave these to the settings' defaults, which must name the Services.
+    for name, settings_class in (("server", ServerSettings), ("client", ClientSettings)):
+        assert "GROKER_BROKER_URL" not in container_env(name)
+        assert settings_class.model_fields["broker_url"].default == service_url("broker")
+    assert "GROKER_CALLBACK_URL" not in container_env("server")
+    callback_url = ServerSettings.model_fields["callback_url"].default
+    assert callback_url == service_url("server") + "/notifications"
+
+
+def service_url(name: str) -> str:
+    [port] = resource(name, "Service")["spec"]["ports"]
+    return f"http://{name}:{port['port']}"
 
 
 def test_every_client_replica_subscribes_with_its_own_pod_ip() -> None:

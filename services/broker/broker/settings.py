@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
+
+from groker_common.settings import GrokerSettings
 
 # A comma-separated list in the environment (or in a secrets file).
 CommaList = Annotated[list[str], NoDecode]
 
 
-class BrokerSettings(BaseSettings):
-    # Tokens and secrets may also come from files named like the variables in
-    # GROKER_SECRETS_DIR (compose secrets, Kubernetes secret volumes).
-    model_config = SettingsConfigDict(
-        env_prefix="GROKER_", frozen=True, secrets_dir=os.environ.get("GROKER_SECRETS_DIR")
-    )
-
+class BrokerSettings(GrokerSettings):
     sync_timeout: float = Field(30.0, gt=0, description="seconds a sync publish waits")
     delivery_timeout: float = Field(
         5.0, gt=0, description="seconds all attempts at one delivery may take together"

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import socket
 
 from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from groker_common.settings import GrokerSettings
 
 
-class ClientSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="GROKER_", frozen=True, secrets_dir=os.environ.get("GROKER_SECRETS_DIR")
-    )
-
+class ClientSettings(GrokerSettings):
     broker_url: str = "http://broker:8000"
     port: int = Field(8002, validation_alias=AliasChoices("PORT", "GROKER_CLIENT_PORT"))
     callback_url: str | None = Field(

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from groker_common.settings import GrokerSettings
 
 
-class ServerSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="GROKER_", frozen=True, secrets_dir=os.environ.get("GROKER_SECRETS_DIR")
-    )
-
+class ServerSettings(GrokerSettings):
     broker_url: str = "http://broker:8000"
     rate: float = Field(1.0, ge=0, description="messages per second; 0 publishes nothing")
     sync_ratio: float = Field(0.5, ge=0, le=1, description="share of messages sent sync")
