@@ -37,7 +37,8 @@ class BrokerSettings(GrokerSettings):
     retention_seconds: float = Field(
         3600.0, ge=0, description="seconds published messages are kept for GET"
     )
-    store: Literal["sqlite", "memory"] = Field(
+    # Checked against storage/backends.py, the one place that knows the backends.
+    store: str = Field(
         "sqlite", description="sqlite: durable (the default); memory: lost on restart"
     )
     db_path: str = Field("groker.db", description="the SQLite file (on a volume in compose)")

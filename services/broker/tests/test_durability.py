@@ -137,3 +137,8 @@ def test_a_broker_killed_with_sigkill_loses_nothing_it_accepted(tmp_path, make_s
         assert answer["seq"] == 51
     finally:
         http.close()
+
+
+def test_an_unknown_store_is_refused_at_start_with_the_known_ones_named():
+    with pytest.raises(ValueError, match="GROKER_STORE='nosuch': not one of sqlite, memory"):
+        build_broker(settings_for_tests(store="nosuch"))
