@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import functools
 import json
 import math
 import os
@@ -20,17 +21,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import gevent
 
 from groker_common.http import HttpPool
+from groker_common.testing import launch_broker
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-BROKER_DIR = ROOT / "services" / "broker"
 PYTHON = sys.executable
 
 # A ~200-byte JSON body, the same for every benchmark (and the compose one).
@@ -94,25 +95,41 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
 
 
-class Proc:
-    """A child in its own process group, stopped with SIGTERM, then SIGKILL to the group."""
+# How every child is started: in a session of its own, so that stopping it stops all it
+# started, and killed with the driver.
+CHILD_OPTIONS: dict[str, Any] = {"start_new_session": True, "preexec_fn": die_with_parent}
 
-    def __init__(self, name: str, argv: Sequence[str], cwd: Path = ROOT, **env: str) -> None:
+
+def spawn(
+    argv: Sequence[str], out: IO[bytes], cwd: Path = ROOT, **env: str
+) -> subprocess.Popen[bytes]:
+    """Start a command as every child is started, `env` over this process's environment
+    and its output to `out`."""
+    return subprocess.Popen(
+        list(argv),
+        cwd=cwd,
+        env={**os.environ, **env},
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        **CHILD_OPTIONS,
+    )
+
+
+class Proc:
+    """A child in its own process group, stopped with SIGTERM, then SIGKILL to the group;
+    its output in LOG_DIR."""
+
+    def __init__(
+        self, name: str, start: Callable[[IO[bytes]], subprocess.Popen[bytes]], port: int = 0
+    ) -> None:
+        """`start` starts the child with its output going to the file it is given."""
         self.name = name
-        self.port = 0
+        self.port = port
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         _STARTED[0] += 1
         self.log = LOG_DIR / f"{_STARTED[0]:02d}-{name}.log"
         with open(self.log, "wb") as out:
-            self.popen = subprocess.Popen(
-                list(argv),
-                cwd=cwd,
-                env={**os.environ, **env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
+            self.popen = start(out)
         _LIVE.append(self)
 
     @property
@@ -166,12 +183,22 @@ def running(proc: Proc) -> Iterator[Proc]:
 
 def serve(name: str, argv: Sequence[str], ready: str, cwd: Path = ROOT, **env: str) -> Proc:
     """Start a server on a free port (`{port}` in argv and ready URL; also $PORT) and wait
-    until `ready` answers 200. Should another process take the port first, try another."""
+    until `ready` answers 200."""
+
+    def start(port: int, out: IO[bytes]) -> subprocess.Popen[bytes]:
+        return spawn([a.format(port=port) for a in argv], out, cwd, PORT=str(port), **env)
+
+    return serve_on_free_port(name, start, ready)
+
+
+def serve_on_free_port(
+    name: str, start: Callable[[int, IO[bytes]], subprocess.Popen[bytes]], ready: str
+) -> Proc:
+    """Start a server with `start(port, output)` on a free port and wait until `ready`
+    (`{port}` in it) answers 200. Should another process take the port first, try another."""
     for attempt in range(3):
         port = free_port()
-        args = [a.format(port=port) for a in argv]
-        proc = Proc(name, args, cwd=cwd, PORT=str(port), **env)
-        proc.port = port
+        proc = Proc(name, functools.partial(start, port), port)
         try:
             wait_http(ready.format(port=port), proc=proc)
             return proc
@@ -192,20 +219,20 @@ def gunicorn(name: str, app: str, config: Path, cwd: Path, **env: str) -> Proc:
 
 @contextlib.contextmanager
 def broker(store: str = "memory", **env: str) -> Iterator[tuple[str, Proc]]:
-    """A real broker (gunicorn + gevent, one worker) on a free port; yields (url, proc)."""
-    settings = {
-        "GROKER_LOG_LEVEL": "WARNING",
-        "GROKER_STORE": store,
-        "GROKER_ALLOWED_NETWORKS": "127.0.0.0/8",
-        "GROKER_MAX_QUEUE_LENGTH": "1000000",
-        **env,
-    }
+    """A real broker on a free port, started as the tests start one
+    (groker_common.testing.launch_broker: gunicorn + gevent, one worker, quiet, loopback
+    callbacks allowed) with room for a benchmark's queue; yields (url, proc)."""
+    settings = {"GROKER_STORE": store, "GROKER_MAX_QUEUE_LENGTH": "1000000", **env}
     with tempfile.TemporaryDirectory(prefix="groker-bench-db-") as tmp:
         settings.setdefault("GROKER_DB_PATH", f"{tmp}/b.db")
-        conf = BROKER_DIR / "gunicorn.conf.py"
-        app = "broker.app:create_app()"
-        with running(gunicorn(f"broker-{store}", app, conf, BROKER_DIR, **settings)) as p:
-            yield f"http://127.0.0.1:{p.port}", p
+
+        def start(port: int, out: IO[bytes]) -> subprocess.Popen[bytes]:
+            process, _ = launch_broker(out, port=port, popen_options=CHILD_OPTIONS, **settings)
+            return process
+
+        ready = "http://127.0.0.1:{port}/readyz"
+        with running(serve_on_free_port(f"broker-{store}", start, ready)) as proc:
+            yield f"http://127.0.0.1:{proc.port}", proc
 
 
 @contextlib.contextmanager

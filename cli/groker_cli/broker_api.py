@@ -4,16 +4,15 @@ go wrong turned into a one-line error with the exit code scripts rely on."""
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import click
 import requests
+
+from groker_common.retry_after import parse_retry_after
 
 # The exit codes, documented in `groker --help`. 2 is click's own, for usage errors.
 EXIT_BROKER_ERROR = 1
@@ -71,16 +70,7 @@ def retry_after(response: requests.Response) -> float | None:
     answer = json_of(response)
     if isinstance(answer, dict) and "id" in answer:
         return None
-    try:
-        seconds = float(header)
-    except ValueError:
-        try:  # the HTTP-date form
-            seconds = (parsedate_to_datetime(header) - datetime.now(tz=UTC)).total_seconds()
-        except (TypeError, ValueError):
-            seconds = 1.0
-    if math.isnan(seconds):
-        seconds = 1.0
-    return min(max(seconds, 0.0), MAX_RETRY_WAIT)
+    return parse_retry_after(header, maximum=MAX_RETRY_WAIT)
 
 
 class BrokerApi:

@@ -1,10 +1,11 @@
 """The local webhook endpoint behind `groker subscribe`.
 
-A stdlib ThreadingHTTPServer in a background thread. It echoes the broker's subscription
-challenge, checks each delivery's Standard Webhooks signature once the broker has told us
-the secret, drops repeated deliveries by message id, and hands every new message to
-`on_message`, one at a time, in the order the deliveries arrive (the broker sends each
-subscriber its messages one after another, in seq order)."""
+A stdlib ThreadingHTTPServer in a background thread. What it answers each POST is
+groker_common.webhooks' WebhookReceiver, the same as the example client's: the broker's
+subscription challenge echoed, each delivery's Standard Webhooks signature checked once the
+broker has told us the secret, repeated deliveries dropped by message id, and every new
+message handed to `on_message`, one at a time, in the order the deliveries arrive (the
+broker sends each subscriber its messages one after another, in seq order)."""
 
 from __future__ import annotations
 
@@ -12,28 +13,18 @@ import json
 import socket
 import socketserver
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from groker_common.signatures import check_secret
+from groker_common.webhooks import Answer, NotSubscribedYet, WebhookReceiver, error_answer
 
 # The broker's own limit on a body is 1 MiB by default; a delivery is that plus an envelope.
 MAX_DELIVERY_BYTES = 32 * 1024 * 1024
-# Ids remembered to drop repeats: a repeat comes from a broker restarting mid-delivery, so
-# it arrives soon after the original.
-RECENT_IDS = 10_000
 # A delivery can race the answer to our subscribe request (which carries the secret it must
 # be checked with); it waits this long for that answer, then is refused with 503 (retried).
 WAIT_FOR_SUBSCRIPTION = 10.0
-
-Answer = tuple[int, dict[str, Any]]
-
-
-def _error(status: int, message: str, detail: Any = None) -> Answer:
-    """groker's error shape: {"error": ..., "detail": ...}."""
-    return status, {"error": message, "detail": detail}
 
 
 class Receiver:
@@ -45,23 +36,30 @@ class Receiver:
         on_warning: Callable[[str], None],
     ) -> None:
         """Bind HOST:PORT now (port 0: any free one); raises OSError if that fails."""
-        self._on_message = on_message
-        self._on_warning = on_warning
         self._server = _Server((host, port), self)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="groker-receiver", daemon=True
         )
         self._subscribed = threading.Event()
-        self._verifier: Webhook | None = None
-        self._lock = threading.Lock()
-        self._seen: OrderedDict[str, None] = OrderedDict()
-        self.received = 0
-        self.duplicates = 0
-        self.rejected = 0
+        self.secret: str | None = None
+        # A broker that gives no secret does not sign: its deliveries are taken unsigned.
+        self.webhooks = WebhookReceiver(
+            self,
+            on_message,
+            lambda reason: on_warning(
+                f"rejected a delivery whose signature does not verify: {reason}"
+            ),
+            require_signature=False,
+        )
 
     @property
     def port(self) -> int:
         return int(self._server.server_address[1])
+
+    @property
+    def rejected(self) -> int:
+        """Deliveries refused for their signature."""
+        return self.webhooks.bad_signatures
 
     def start(self) -> None:
         self._thread.start()
@@ -71,11 +69,16 @@ class Receiver:
         when it gave a signing secret, only those signed with it. Raises ValueError for a
         secret that is not a valid `whsec_<base64>` key."""
         if secret is not None:
-            try:
-                self._verifier = Webhook(secret)
-            except Exception as exc:  # binascii.Error, EmptyWebhookSecretError, ...
-                raise ValueError(f"unusable webhook secret: {exc}") from exc
+            check_secret(secret)
+            self.secret = secret
         self._subscribed.set()
+
+    def settled_secret(self) -> str | None:
+        """The secret, once the broker has answered our subscribe request (see
+        groker_common.webhooks.SecretHolder)."""
+        if not self._subscribed.wait(WAIT_FOR_SUBSCRIPTION):
+            raise NotSubscribedYet("the subscribe answer has not arrived")
+        return self.secret
 
     def close(self) -> None:
         if self._thread.is_alive():
@@ -85,45 +88,7 @@ class Receiver:
 
     def handle(self, raw: bytes, headers: Mapping[str, str]) -> Answer:
         """Answer one POST: the status and JSON the broker gets back."""
-        try:
-            message = json.loads(raw)
-        except ValueError as exc:  # includes UnicodeDecodeError
-            return _error(400, "malformed JSON", str(exc))
-        if isinstance(message, dict) and message.get("type") == "subscription.verify":
-            # Intent verification: the broker asks, before subscribing us, whether we want
-            # its deliveries. It comes before the secret does, so it is not signed.
-            challenge = message.get("challenge")
-            if not isinstance(challenge, str):
-                return _error(400, "invalid verification request", "challenge must be a string")
-            return 200, {"challenge": challenge}
-        if not self._subscribed.wait(WAIT_FOR_SUBSCRIPTION):
-            return _error(503, "not subscribed yet", "the subscribe answer has not arrived")
-        if self._verifier is not None:
-            try:
-                self._verifier.verify(raw, dict(headers.items()), json_parse=False)
-            except (WebhookVerificationError, ValueError) as exc:
-                # ValueError: a signature header too malformed for the library to split.
-                self.rejected += 1
-                self._on_warning(f"rejected a delivery whose signature does not verify: {exc}")
-                return _error(401, "invalid signature", str(exc) or type(exc).__name__)
-        if not (
-            isinstance(message, dict)
-            and isinstance(message.get("id"), str)
-            and isinstance(message.get("seq"), int)
-            and not isinstance(message.get("seq"), bool)
-            and "body" in message
-        ):
-            return _error(400, "invalid delivery", "expected a JSON object with id, seq and body")
-        with self._lock:  # one delivery at a time: the output keeps the arrival order
-            if message["id"] in self._seen:
-                self.duplicates += 1
-                return 200, {"ok": True, "duplicate": True}
-            self._seen[message["id"]] = None
-            if len(self._seen) > RECENT_IDS:
-                self._seen.popitem(last=False)
-            self.received += 1
-            self._on_message(message)
-        return 200, {"ok": True, "duplicate": False}
+        return self.webhooks.handle(raw, headers)
 
 
 class _Server(ThreadingHTTPServer):
@@ -156,15 +121,19 @@ class _Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
             self.close_connection = True
-            return self._answer(*_error(411, "length required", "send Content-Length"))
+            return self._answer(*error_answer(411, "length required", "send Content-Length"))
         if length < 0 or length > MAX_DELIVERY_BYTES:
             self.close_connection = True  # the body stays unread: the connection is spent
-            return self._answer(*_error(413, "too large", f"at most {MAX_DELIVERY_BYTES} bytes"))
+            return self._answer(
+                *error_answer(413, "too large", f"at most {MAX_DELIVERY_BYTES} bytes")
+            )
         raw = self.rfile.read(length)
         self._answer(*self.server.receiver.handle(raw, self.headers))
 
     def _method_not_allowed(self) -> None:
-        self._answer(*_error(405, "method not allowed", "the broker POSTs here"), Allow="POST")
+        self._answer(
+            *error_answer(405, "method not allowed", "the broker POSTs here"), Allow="POST"
+        )
 
     do_GET = do_PUT = do_DELETE = do_PATCH = _method_not_allowed
 

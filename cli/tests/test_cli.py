@@ -20,7 +20,8 @@ import pytest
 import requests
 from standardwebhooks.webhooks import Webhook
 
-from groker_cli.main import default_callback_url, parse_body
+from groker_cli.callback_url import default_callback_url
+from groker_cli.publish import parse_body
 from groker_cli.receiver import Receiver
 
 COMMANDS = ["publish", "subscribe", "stats", "subscriptions"]

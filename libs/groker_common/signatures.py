@@ -1,5 +1,6 @@
 """Webhook signatures per the Standard Webhooks spec, with the `standardwebhooks` library:
-the broker signs every POST it makes; the client and the server verify what they receive."""
+the broker signs every POST it makes; the client, the server and the CLI verify what they
+receive."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-__all__ = ["WebhookVerificationError", "new_secret", "sign", "verify"]
+__all__ = ["WebhookVerificationError", "check_secret", "new_secret", "sign", "verify"]
 
 
 def new_secret() -> str:
@@ -23,6 +24,15 @@ def new_secret() -> str:
 def _webhook(secret: str) -> Webhook:
     # Decoding the secret is a good part of signing: do it once per secret.
     return Webhook(secret)
+
+
+def check_secret(secret: str) -> None:
+    """Raise ValueError unless `secret` is a usable `whsec_<base64>` key: a receiver told
+    a secret it cannot use should say so at once, not refuse every delivery later."""
+    try:
+        _webhook(secret)
+    except Exception as exc:  # binascii.Error, EmptyWebhookSecretError, ...
+        raise ValueError(f"unusable webhook secret: {exc}") from exc
 
 
 def sign(secret: str, message_id: str, body: bytes) -> dict[str, str]:
@@ -39,4 +49,8 @@ def sign(secret: str, message_id: str, body: bytes) -> dict[str, str]:
 def verify(secret: str, body: bytes, headers: Any) -> None:
     """Raise WebhookVerificationError unless the headers sign `body` with `secret` within
     the spec's 5-minute window (a replayed or stale webhook fails too)."""
-    _webhook(secret).verify(body, {k.lower(): v for k, v in headers.items()}, json_parse=False)
+    try:
+        _webhook(secret).verify(body, {k.lower(): v for k, v in headers.items()}, json_parse=False)
+    except ValueError as exc:
+        # A signature header too malformed for the library to split: a bad signature too.
+        raise WebhookVerificationError(f"malformed signature header: {exc}") from exc

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -74,12 +74,18 @@ def free_port() -> int:
 
 
 def launch_broker(
-    stdout: IO[bytes] | None = None, **settings: str
+    stdout: IO[bytes] | None = None,
+    *,
+    port: int | None = None,
+    popen_options: Mapping[str, Any] | None = None,
+    **settings: str,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start a real broker as deployed (gunicorn, one gevent worker) on a free port, with
-    GROKER_* settings over test defaults (memory store, loopback callbacks allowed, since
-    test receivers listen there). Returns at once: poll its /readyz."""
-    port = free_port()
+    """Start a real broker as deployed (gunicorn, one gevent worker) on `port` (by default
+    a free one), with GROKER_* settings over test defaults (memory store, loopback
+    callbacks allowed, since test receivers listen there). `popen_options` go to Popen, for
+    a caller that manages its children its own way (the benchmarks: a session of their
+    own, killed with the parent). Returns at once: poll its /readyz."""
+    port = port or free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "broker.app:create_app()"],
         cwd=REPO / "services/broker",
@@ -94,6 +100,7 @@ def launch_broker(
         },
         stdout=stdout,
         stderr=subprocess.STDOUT if stdout is not None else None,
+        **(popen_options or {}),
     )
     return process, f"http://127.0.0.1:{port}"
 

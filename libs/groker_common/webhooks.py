@@ -1,17 +1,187 @@
-"""The receiving side of the broker's subscription handshake."""
+"""Receiving a groker webhook delivery, the one way every subscriber does it: the example
+client's Flask route and `groker subscribe`'s stdlib server both hand the raw POST to a
+`WebhookReceiver` and send back the (status, JSON) it answers.
+
+It answers the broker's subscription challenge, checks the Standard Webhooks signature,
+validates the delivery's envelope and drops repeated deliveries by message id. It knows no
+web framework and no concurrency library, so that each caller keeps its own transport
+(Flask under gevent, a threading HTTP server) and the rules cannot drift apart again."""
 
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any, Protocol
+
+from groker_common.signatures import WebhookVerificationError, verify
+
+# (HTTP status, JSON answer): what the caller sends back to the broker.
+Answer = tuple[int, dict[str, Any]]
+
+# Ids remembered to drop repeats: a repeat comes from a broker restarting mid-delivery, so
+# it arrives soon after the original.
+RECENT_IDS = 10_000
+
+
+def error_answer(status: int, message: str, detail: Any = None) -> Answer:
+    """groker's one error shape, {"error": ..., "detail": ...}, without Flask's help."""
+    return status, {"error": message, "detail": detail}
+
+
+def challenge_answer(message: Any) -> Answer | None:
+    """The answer to the broker's subscription challenge (intent verification: before it
+    subscribes a callback, the broker asks whether it wants deliveries), or None when
+    `message` is not one. It comes before the subscribe answer and its secret, so it is
+    never signed."""
+    if not (isinstance(message, dict) and message.get("type") == "subscription.verify"):
+        return None
+    challenge = message.get("challenge")
+    if not isinstance(challenge, str):
+        return error_answer(400, "invalid verification request", "challenge must be a string")
+    return 200, {"challenge": challenge}
 
 
 def verification_answer(raw: bytes) -> bytes | None:
-    """What a willing subscriber answers to the broker's subscription challenge, or None
-    when `raw` is not one."""
+    """The body a willing subscriber answers (with 200) to the broker's challenge, or None
+    when `raw` is not a well-formed one: for the minimal receivers of the tests."""
     try:
-        data = json.loads(raw)
+        answer = challenge_answer(json.loads(raw))
     except ValueError:
         return None
-    if isinstance(data, dict) and data.get("type") == "subscription.verify":
-        return json.dumps({"challenge": data.get("challenge")}).encode()
+    if answer is None or answer[0] != 200:
+        return None
+    return json.dumps(answer[1]).encode()
+
+
+def is_delivery(message: Any) -> bool:
+    """The broker's delivery envelope: a JSON object with a string `id`, an integer `seq`
+    (not a boolean, which Python counts as one) and a `body`."""
+    return (
+        isinstance(message, dict)
+        and isinstance(message.get("id"), str)
+        and isinstance(message.get("seq"), int)
+        and not isinstance(message.get("seq"), bool)
+        and "body" in message
+    )
+
+
+class NotSubscribedYet(Exception):
+    """No answer to our subscribe request came in time, so no secret to check with: the
+    delivery is refused with 503, which the broker retries."""
+
+
+class SecretHolder(Protocol):
+    """Where a receiver finds the secret deliveries must be signed with: the broker's
+    answer to our subscribe request. A delivery can beat that answer (the broker starts
+    delivering as soon as it has registered us), hence the two ways to ask."""
+
+    @property
+    def secret(self) -> str | None:
+        """The secret held now, without waiting."""
+        ...
+
+    def settled_secret(self) -> str | None:
+        """The secret once no subscribe call is under way, waiting for one if need be;
+        may raise NotSubscribedYet."""
+        ...
+
+
+def _signature_problem(secret: str | None, raw: bytes, headers: Any) -> str | None:
+    """Why `raw` is not signed with `secret`, or None when it is."""
+    if secret is None:
+        return "no signing secret to check the signature with"
+    try:
+        verify(secret, raw, headers)
+    except WebhookVerificationError as exc:
+        return str(exc) or type(exc).__name__
     return None
+
+
+def _ignore(*_args: Any) -> None:
+    return None
+
+
+@dataclass(eq=False)
+class WebhookReceiver:
+    """Takes the broker's POSTs to one subscriber and answers each.
+
+    `secrets` None: signatures are not checked. `require_signature` False: when the broker
+    gave no secret (it does not sign), unsigned deliveries are taken. `on_message` gets
+    every new delivery, one at a time, in arrival order; `on_bad_signature` the reason a
+    delivery was refused. `before_taking` may answer a valid delivery instead (the client's
+    fault injection). `signature_error` is the `error` of the 401 answer."""
+
+    secrets: SecretHolder | None
+    on_message: Callable[[dict[str, Any]], None]
+    on_bad_signature: Callable[[str], None] = _ignore
+    _: KW_ONLY
+    require_signature: bool = True
+    before_taking: Callable[[dict[str, Any]], Answer | None] | None = None
+    recent_ids: int = RECENT_IDS
+    signature_error: str = "invalid signature"
+    received: int = field(default=0, init=False)
+    duplicates: int = field(default=0, init=False)
+    bad_signatures: int = field(default=0, init=False)
+    _seen: OrderedDict[str, None] = field(default_factory=OrderedDict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Held while a delivery is taken, so that on_message sees the arrival order. Made
+        # here, not at import, so that it is gevent's lock where gevent has patched threading.
+        self._lock = threading.Lock()
+
+    def handle(self, raw: bytes, headers: Mapping[str, str]) -> Answer:
+        """Answer one POST: the status and JSON the broker gets back."""
+        try:
+            message = json.loads(raw)
+        except ValueError as exc:  # includes UnicodeDecodeError
+            return error_answer(400, "malformed JSON", str(exc))
+        challenge = challenge_answer(message)
+        if challenge is not None:
+            return challenge
+        refusal = self._signature_refusal(raw, headers)
+        if refusal is not None:
+            return refusal
+        if not is_delivery(message):
+            return error_answer(
+                400, "invalid delivery", "expected a JSON object with id, seq and body"
+            )
+        instead = self.before_taking(message) if self.before_taking else None
+        return instead if instead is not None else self._take(message)
+
+    def _signature_refusal(self, raw: bytes, headers: Any) -> Answer | None:
+        """None when the delivery may be taken; else the answer that refuses it. The secret
+        held is tried first; only if it fails, the one a subscribe under way brings."""
+        if self.secrets is None:
+            return None
+        held = self.secrets.secret
+        problem = _signature_problem(held, raw, headers)
+        if problem is None:
+            return None
+        try:
+            settled = self.secrets.settled_secret()
+        except NotSubscribedYet as exc:
+            return error_answer(503, "not subscribed yet", str(exc))
+        if settled is None and not self.require_signature:
+            return None  # a broker that does not sign
+        if settled != held:
+            problem = _signature_problem(settled, raw, headers)
+            if problem is None:
+                return None
+        self.bad_signatures += 1
+        self.on_bad_signature(problem)
+        return error_answer(401, self.signature_error, problem)
+
+    def _take(self, message: dict[str, Any]) -> Answer:
+        with self._lock:
+            if message["id"] in self._seen:
+                self.duplicates += 1
+                return 200, {"ok": True, "duplicate": True}
+            self._seen[message["id"]] = None
+            if len(self._seen) > self.recent_ids:
+                self._seen.popitem(last=False)
+            self.received += 1
+            self.on_message(message)
+        return 200, {"ok": True, "duplicate": False}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from client.inbox import Inbox
-from client.routes import Fault, api
+from client.routes import Fault, api, injected_fault
 from client.settings import ClientSettings
 from client.subscription import Subscription
 from groker_common.http import HttpPool
@@ -26,9 +26,10 @@ def create_app(settings: ClientSettings | None = None, subscribe: bool = True) -
         token=settings.manage_token,
     )
     app.config["FAULT_INJECTION"] = settings.fault_injection
-    app.config["VERIFY_SIGNATURES"] = settings.verify_signatures
     app.extensions["groker_fault"] = Fault()
-    inbox = Inbox(settings.keep_recent)
+    # Deliveries are checked against the secret the broker's answer to our subscribe gives.
+    secrets = subscription if settings.verify_signatures else None
+    inbox = Inbox(settings.keep_recent, secrets, before_taking=injected_fault)
     app.extensions["groker_inbox"] = inbox
     app.extensions["groker_subscription"] = subscription
     app.extensions["groker_on_stop"] = subscription.stop

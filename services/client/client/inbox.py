@@ -1,54 +1,67 @@
-"""What this subscriber has received: printed once each, recent ones kept, repeats dropped."""
+"""What this subscriber has received: each delivery taken through the shared
+WebhookReceiver (challenge, signature, envelope, repeats dropped), printed once, the recent
+ones kept for GET /messages, and counted for /metrics."""
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
-from collections import OrderedDict
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
 from groker_common.metrics import ReadAtScrape, counter
+from groker_common.webhooks import Answer, SecretHolder, WebhookReceiver
+
+log = logging.getLogger(__name__)
 
 
 class Inbox:
-    def __init__(self, keep_recent: int, out: TextIO | None = None) -> None:
-        self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._keep = keep_recent
+    def __init__(
+        self,
+        keep_recent: int,
+        secrets: SecretHolder | None,
+        before_taking: Callable[[dict[str, Any]], Answer | None] | None = None,
+        out: TextIO | None = None,
+    ) -> None:
+        """`secrets` None: take deliveries without checking their signature."""
+        self._recent: deque[dict[str, Any]] = deque(maxlen=keep_recent)
         self._out = out
-        self.received = 0
-        self.duplicates = 0
-        self.bad_signatures = 0
+        self.webhooks = WebhookReceiver(
+            secrets,
+            self._keep,
+            self._refused,
+            before_taking=before_taking,
+            recent_ids=keep_recent,
+            signature_error="bad signature",  # the word every groker service uses
+        )
         self.registry = CollectorRegistry()
         self.registry.register(ReadAtScrape(self._metrics))
 
     def _metrics(self) -> Iterable[Metric]:
-        yield counter("groker_client_received", "Messages received", self.received)
+        webhooks = self.webhooks
+        yield counter("groker_client_received", "Messages received", webhooks.received)
         yield counter(
-            "groker_client_duplicates_dropped", "Repeated deliveries dropped", self.duplicates
+            "groker_client_duplicates_dropped", "Repeated deliveries dropped", webhooks.duplicates
         )
         yield counter(
             "groker_client_bad_signatures",
             "Deliveries refused for their signature",
-            self.bad_signatures,
+            webhooks.bad_signatures,
         )
 
-    def add(self, message: dict[str, Any]) -> bool:
-        """Take a delivery; False if this id was already received (a redelivery)."""
-        if message["id"] in self._recent:
-            self.duplicates += 1
-            return False
-        self.received += 1
-        self._recent[message["id"]] = {**message, "received_at": time.time()}
-        while len(self._recent) > self._keep:
-            self._recent.popitem(last=False)
+    def _keep(self, message: dict[str, Any]) -> None:
+        self._recent.append({**message, "received_at": time.time()})
         line = f"seq={message['seq']} {json.dumps(message['body'])}"
         print(line, file=self._out or sys.stdout, flush=True)
-        return True
+
+    def _refused(self, reason: str) -> None:
+        log.warning("refused a delivery with a missing, wrong or stale signature: %s", reason)
 
     def recent(self) -> list[dict[str, Any]]:
-        return list(self._recent.values())
+        return list(self._recent)

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import gevent
 from flask import Blueprint, current_app, request
 
 from client.inbox import Inbox
-from groker_common.signatures import WebhookVerificationError, verify
 from groker_common.web import error
-from groker_common.webhooks import verification_answer
-
-log = logging.getLogger(__name__)
+from groker_common.webhooks import Answer, error_answer
 
 api = Blueprint("api", __name__)
 
@@ -28,57 +24,25 @@ class Fault:
     delay: float = 0.0
 
 
-def _inbox() -> Inbox:
-    return cast(Inbox, current_app.extensions["groker_inbox"])
-
-
-def _signed_with(secret: str | None, raw: bytes) -> bool:
-    if secret is None:
-        return False
-    try:
-        verify(secret, raw, request.headers)
-    except WebhookVerificationError:
-        return False
-    return True
-
-
-def _verified(raw: bytes) -> bool:
-    """Is this delivery signed by the broker with our subscription's secret? If not with
-    the secret we hold, maybe with the one a subscribe call under way is about to bring."""
-    subscription = current_app.extensions["groker_subscription"]
-    held = subscription.secret
-    if _signed_with(held, raw):
-        return True
-    settled = subscription.settled_secret()
-    return settled != held and _signed_with(settled, raw)
-
-
-@api.post("/messages")
-def receive():
-    raw = request.get_data(cache=True)
-    challenge = verification_answer(raw)
-    if challenge is not None:  # the broker asking whether we want to be subscribed
-        return current_app.response_class(challenge, mimetype="application/json")
-    if current_app.config["VERIFY_SIGNATURES"] and not _verified(raw):
-        inbox = _inbox()
-        inbox.bad_signatures += 1
-        log.warning("refused a delivery with a missing, wrong or stale signature")
-        return error(401, "bad signature", "missing, wrong or stale webhook signature")
-    message = request.get_json(silent=True)
-    if not (
-        isinstance(message, dict)
-        and isinstance(message.get("id"), str)
-        and isinstance(message.get("seq"), int)
-        and "body" in message
-    ):
-        return error(400, "invalid delivery", "expected a JSON object with id, seq and body")
+def injected_fault(_message: dict[str, Any]) -> Answer | None:
+    """The answer PUT /fault set for a valid delivery, after its delay; None when there is
+    none (the delivery is taken). Runs inside the request, so it sees the current fault."""
     fault: Fault = current_app.extensions["groker_fault"]
     if fault.delay:
         gevent.sleep(fault.delay)
     if fault.status is not None:
-        return error(fault.status, "injected fault", "PUT /fault set this answer")
-    fresh = _inbox().add(message)
-    return {"ok": True, "duplicate": not fresh}
+        return error_answer(fault.status, "injected fault", "PUT /fault set this answer")
+    return None
+
+
+def _inbox() -> Inbox:
+    return cast(Inbox, current_app.extensions["groker_inbox"])
+
+
+@api.post("/messages")
+def receive():
+    status, answer = _inbox().webhooks.handle(request.get_data(cache=True), request.headers)
+    return answer, status
 
 
 @api.get("/messages")
@@ -88,9 +52,9 @@ def recent():
     return {
         "subscription_id": subscription.id,
         "callback": subscription.callback,
-        "received": inbox.received,
-        "duplicates": inbox.duplicates,
-        "bad_signatures": inbox.bad_signatures,
+        "received": inbox.webhooks.received,
+        "duplicates": inbox.webhooks.duplicates,
+        "bad_signatures": inbox.webhooks.bad_signatures,
         "messages": inbox.recent(),
     }
 

@@ -48,7 +48,9 @@ class Subscription:
 
     def settled_secret(self, timeout: float = 5.0) -> str | None:
         """The secret once no subscribe call is under way. A delivery can beat the broker's
-        answer to our subscribe (it starts delivering as soon as it has registered us)."""
+        answer to our subscribe (it starts delivering as soon as it has registered us): the
+        inbox's WebhookReceiver asks this when the secret held does not verify one (this
+        class is its groker_common.webhooks.SecretHolder)."""
         self._answered.wait(timeout)
         with self._subscribing:
             return self.secret

@@ -138,3 +138,19 @@ def test_answers_the_brokers_subscription_challenge():
     challenge = {"type": "subscription.verify", "challenge": "c-123"}
     answer = app.test_client().post("/messages", json=challenge)
     assert answer.status_code == 200 and answer.get_json() == {"challenge": "c-123"}
+
+
+def test_refuses_what_every_groker_receiver_refuses():
+    """The rules the client shares with `groker subscribe` (groker_common.webhooks)."""
+    app = unsubscribed_app()
+    client = app.test_client()
+    as_bool = deliver(app, {"id": "a", "seq": True, "body": 1})  # True is an int in Python
+    assert as_bool.status_code == 400 and as_bool.get_json()["error"] == "invalid delivery"
+    numeric = client.post("/messages", json={"type": "subscription.verify", "challenge": 5})
+    assert numeric.status_code == 400
+    garbled = sign(app.extensions["groker_subscription"].secret, "msg_1", b"{}")
+    garbled["webhook-signature"] = "v1"
+    answer = client.post("/messages", data=b"{}", headers=garbled)
+    assert answer.status_code == 401 and answer.get_json()["error"] == "bad signature"
+    assert client.post("/messages", data=b"{not json").status_code == 400
+    assert client.get("/messages").get_json()["received"] == 0

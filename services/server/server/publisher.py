@@ -10,10 +10,14 @@ import time
 import gevent
 
 from groker_common.http import HttpPool
+from groker_common.retry_after import parse_retry_after
 from server.settings import ServerSettings
 from server.stats import PublishStats
 
 log = logging.getLogger(__name__)
+
+# The longest pause a 503 with Retry-After makes the publishing loop take.
+MAX_BACKOFF = 60.0
 
 
 class Publisher:
@@ -29,7 +33,6 @@ class Publisher:
         self._stopping = gevent.event.Event()
         self._rate_changed = gevent.event.Event()
         self._in_flight = gevent.pool.Group()  # sync publishes and polls still waiting
-        self.broker_ready = False
 
     def start(self) -> None:
         self._greenlet = gevent.spawn(self._run)
@@ -73,7 +76,6 @@ class Publisher:
             try:
                 status, _ = self._http.request_json("GET", f"{self._url}/readyz", timeout=2)
                 if status == 200:
-                    self.broker_ready = True
                     log.info("broker at %s is ready", self._url)
                     return
             except Exception as exc:
@@ -123,7 +125,7 @@ class Publisher:
             return 0.0
         if status == 503:
             self._stats.rejected += 1
-            return _retry_after(headers)
+            return parse_retry_after(headers.get("retry-after"), maximum=MAX_BACKOFF)
         self._stats.errors += 1
         log.warning("publish answered %s: %s", status, answer)
         return 0.0
@@ -145,11 +147,3 @@ class Publisher:
                 self._stats.confirm(message_id)
             elif status == 404:
                 return
-
-
-def _retry_after(headers: dict[str, str]) -> float:
-    """Honour the broker's Retry-After (seconds), within reason."""
-    try:
-        return min(60.0, max(0.0, float(headers.get("retry-after", "1"))))
-    except ValueError:
-        return 1.0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import gevent
 import pytest
@@ -10,9 +12,12 @@ import pytest
 from broker.app import create_app as create_broker
 from broker.settings import BrokerSettings
 from groker_common.http import HttpPool
+from groker_common.retry_after import parse_retry_after
+from groker_common.signatures import new_secret, sign
 from groker_common.testing import serve, serve_app_at_its_url, wait_until
 from groker_common.webhooks import verification_answer
 from server.app import create_app
+from server.publisher import MAX_BACKOFF
 from server.settings import ServerSettings
 
 
@@ -129,3 +134,38 @@ def test_rate_can_be_changed_while_running(stack):
     sent = stats.sent
     gevent.sleep(0.2)
     assert stats.sent <= sent + 1
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        (None, 1.0),  # no hint: a second
+        ("3", 3.0),
+        ("2.5", 2.5),
+        ("-4", 0.0),
+        ("9999", 60.0),  # the publishing loop's ceiling
+        ("nan", 1.0),
+        ("soon", 1.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # a date gone by
+    ],
+)
+def test_the_brokers_retry_after_is_honoured_within_reason(header, seconds):
+    assert parse_retry_after(header, maximum=MAX_BACKOFF) == seconds
+
+
+def test_retry_after_as_an_http_date():
+    later = format_datetime(datetime.now(tz=UTC) + timedelta(seconds=20), usegmt=True)
+    assert 15 < parse_retry_after(later, maximum=MAX_BACKOFF) <= 20
+
+
+def test_a_garbled_signature_on_a_notification_is_a_401_not_a_crash():
+    secret = new_secret()
+    app = create_app(ServerSettings(broker_url="http://127.0.0.1:9", callback_secret=secret))
+    try:
+        body = b'{"id": "x", "status": "published"}'
+        headers = sign(secret, "x", body) | {"webhook-signature": "v1"}
+        answer = app.test_client().post("/notifications", data=body, headers=headers)
+        assert answer.status_code == 401 and answer.get_json()["error"] == "bad signature"
+        assert app.extensions["groker_stats"].bad_signatures == 1
+    finally:
+        app.extensions["groker_on_exit"]()
