@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Flask, jsonify
+from flask import Blueprint, Flask, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
 
@@ -45,3 +45,19 @@ def health_blueprint(is_ready: Callable[[], bool]) -> Blueprint:
         return error(503, "not ready", "starting or draining")
 
     return health
+
+
+def install_state(
+    app: Flask, state: Any, on_stop: Callable[[], None], on_exit: Callable[[], None]
+) -> None:
+    """Every groker app keeps what its routes need in one object, under one key, with the
+    two hooks gunicorn calls (gunicorn_defaults): on_stop at SIGTERM, on_exit as the worker
+    leaves."""
+    app.extensions["groker"] = state
+    app.extensions["groker_on_stop"] = on_stop
+    app.extensions["groker_on_exit"] = on_exit
+
+
+def app_state(app: Flask | None = None) -> Any:
+    """The object `install_state` kept for this app (the current one by default)."""
+    return (app or current_app).extensions["groker"]

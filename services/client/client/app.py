@@ -5,13 +5,14 @@ from __future__ import annotations
 from flask import Flask
 
 from client.inbox import Inbox
-from client.routes import Fault, api, injected_fault
+from client.routes import api, injected_fault
 from client.settings import ClientSettings
+from client.state import ClientState
 from client.subscription import Subscription
 from groker_common.http import HttpPool
 from groker_common.logs import configure_logging
 from groker_common.metrics import metrics_blueprint
-from groker_common.web import health_blueprint, install_json_errors
+from groker_common.web import health_blueprint, install_json_errors, install_state
 
 
 def create_app(settings: ClientSettings | None = None, subscribe: bool = True) -> Flask:
@@ -25,15 +26,12 @@ def create_app(settings: ClientSettings | None = None, subscribe: bool = True) -
         HttpPool(),
         token=settings.manage_token,
     )
-    app.config["FAULT_INJECTION"] = settings.fault_injection
-    app.extensions["groker_fault"] = Fault()
     # Deliveries are checked against the secret the broker's answer to our subscribe gives.
     secrets = subscription if settings.verify_signatures else None
     inbox = Inbox(settings.keep_recent, secrets, before_taking=injected_fault)
-    app.extensions["groker_inbox"] = inbox
-    app.extensions["groker_subscription"] = subscription
-    app.extensions["groker_on_stop"] = subscription.stop
-    app.extensions["groker_on_exit"] = subscription.stop
+    install_state(
+        app, ClientState(settings, subscription, inbox), subscription.stop, subscription.stop
+    )
     install_json_errors(app)
     app.register_blueprint(health_blueprint(lambda: subscription.id is not None))
     app.register_blueprint(api)

@@ -2,32 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, cast
 
 import gevent
-from flask import Blueprint, current_app, request
+from flask import Blueprint, request
 
 from client.inbox import Inbox
-from groker_common.web import error
+from client.state import ClientState, Fault
+from groker_common.web import app_state, error
 from groker_common.webhooks import Answer, error_answer
 
 api = Blueprint("api", __name__)
 
 
-@dataclass
-class Fault:
-    """How this replica misbehaves when told to: answer deliveries with `status` after
-    `delay` seconds. Only with GROKER_FAULT_INJECTION=1."""
-
-    status: int | None = None
-    delay: float = 0.0
+def _state() -> ClientState:
+    return cast(ClientState, app_state())
 
 
 def injected_fault(_message: dict[str, Any]) -> Answer | None:
     """The answer PUT /fault set for a valid delivery, after its delay; None when there is
     none (the delivery is taken). Runs inside the request, so it sees the current fault."""
-    fault: Fault = current_app.extensions["groker_fault"]
+    fault = _state().fault
     if fault.delay:
         gevent.sleep(fault.delay)
     if fault.status is not None:
@@ -36,7 +31,7 @@ def injected_fault(_message: dict[str, Any]) -> Answer | None:
 
 
 def _inbox() -> Inbox:
-    return cast(Inbox, current_app.extensions["groker_inbox"])
+    return _state().inbox
 
 
 @api.post("/messages")
@@ -48,7 +43,7 @@ def receive():
 @api.get("/messages")
 def recent():
     inbox = _inbox()
-    subscription = current_app.extensions["groker_subscription"]
+    subscription = _state().subscription
     return {
         "subscription_id": subscription.id,
         "callback": subscription.callback,
@@ -61,7 +56,7 @@ def recent():
 
 @api.put("/fault")
 def set_fault():
-    if not current_app.config["FAULT_INJECTION"]:
+    if not _state().settings.fault_injection:
         return error(404, "not found", "fault injection is off (GROKER_FAULT_INJECTION)")
     spec = request.get_json(silent=True)
     status, delay = (spec or {}).get("status"), (spec or {}).get("delay", 0)
@@ -72,5 +67,5 @@ def set_fault():
         and 0 <= delay <= 600
     ):
         return error(400, "invalid fault", '{"status": 200-599 or null, "delay": seconds}')
-    current_app.extensions["groker_fault"] = Fault(status, float(delay))
+    _state().fault = Fault(status, float(delay))
     return {"status": status, "delay": delay}

@@ -30,7 +30,7 @@ def subscriptions(broker_url: str) -> list[dict]:
 
 def test_subscribes_on_start_and_prints_each_message(broker_url, start_client, capsys):
     app = start_client()
-    sub = app.extensions["groker_subscription"]
+    sub = app.extensions["groker"].subscription
     wait_until(lambda: sub.id is not None, what="subscription")
     assert [s["id"] for s in subscriptions(broker_url)] == [sub.id]
     for n in range(3):
@@ -44,7 +44,7 @@ def test_subscribes_on_start_and_prints_each_message(broker_url, start_client, c
 
 def test_resubscribes_when_the_broker_forgets_it(broker_url, start_client):
     app = start_client(resubscribe_interval=0.05)
-    sub = app.extensions["groker_subscription"]
+    sub = app.extensions["groker"].subscription
     first = wait_until(lambda: sub.id, what="subscription")
     http.request_json("DELETE", f"{broker_url}/subscriptions/{first}")
     wait_until(lambda: sub.id != first and subscriptions(broker_url), what="resubscription")
@@ -61,16 +61,16 @@ def test_unsubscribes_on_exit(broker_url, start_client):
 def unsubscribed_app(**settings: Any):
     """A client app that does not subscribe; it holds a secret as if it had."""
     app = create_app(ClientSettings(callback_url="http://127.0.0.1:1/x", **settings), False)
-    app.extensions["groker_subscription"].remember({"id": "sub-1", "secret": new_secret()})
+    app.extensions["groker"].subscription.remember({"id": "sub-1", "secret": new_secret()})
     return app
 
 
 def deliver(app, payload: Any, secret: str | None = None, timestamp: int | None = None):
     """POST a delivery signed the way the broker signs it (by default with the app's secret)."""
     body = json.dumps(payload).encode()
-    headers = sign(secret or app.extensions["groker_subscription"].secret, "msg_1", body)
+    headers = sign(secret or app.extensions["groker"].subscription.secret, "msg_1", body)
     if timestamp is not None:
-        headers = sign_at(secret or app.extensions["groker_subscription"].secret, body, timestamp)
+        headers = sign_at(secret or app.extensions["groker"].subscription.secret, body, timestamp)
     return app.test_client().post(
         "/messages", data=body, headers=headers, content_type="application/json"
     )
@@ -148,7 +148,7 @@ def test_refuses_what_every_groker_receiver_refuses():
     assert as_bool.status_code == 400 and as_bool.get_json()["error"] == "invalid delivery"
     numeric = client.post("/messages", json={"type": "subscription.verify", "challenge": 5})
     assert numeric.status_code == 400
-    garbled = sign(app.extensions["groker_subscription"].secret, "msg_1", b"{}")
+    garbled = sign(app.extensions["groker"].subscription.secret, "msg_1", b"{}")
     garbled["webhook-signature"] = "v1"
     answer = client.post("/messages", data=b"{}", headers=garbled)
     assert answer.status_code == 401 and answer.get_json()["error"] == "bad signature"

@@ -7,10 +7,11 @@ from flask import Flask
 from groker_common.http import HttpPool
 from groker_common.logs import configure_logging
 from groker_common.metrics import metrics_blueprint
-from groker_common.web import health_blueprint, install_json_errors
+from groker_common.web import health_blueprint, install_json_errors, install_state
 from server.publisher import Publisher
 from server.routes import api
 from server.settings import ServerSettings
+from server.state import ServerState
 from server.stats import PublishStats
 
 
@@ -18,16 +19,12 @@ def create_app(settings: ServerSettings | None = None) -> Flask:
     settings = settings or ServerSettings()
     configure_logging("server", settings.log_level)
     app = Flask(__name__)
-    app.config["CALLBACK_SECRET"] = settings.callback_secret
     stats = PublishStats()
     publisher = Publisher(settings, stats, HttpPool())
-    app.extensions["groker_stats"] = stats
-    app.extensions["groker_publisher"] = publisher
+    install_state(app, ServerState(settings, publisher, stats), publisher.stop, publisher.close)
     install_json_errors(app)
     app.register_blueprint(health_blueprint(lambda: True))
     app.register_blueprint(api)
     app.register_blueprint(metrics_blueprint(stats.registry))
-    app.extensions["groker_on_stop"] = publisher.stop
-    app.extensions["groker_on_exit"] = publisher.close
     publisher.start()
     return app

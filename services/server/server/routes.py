@@ -5,25 +5,29 @@ from __future__ import annotations
 import logging
 from typing import cast
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, request
 
 from groker_common.signatures import WebhookVerificationError, verify
-from groker_common.web import error
-from server.publisher import Publisher
+from groker_common.web import app_state, error
+from server.state import ServerState
 from server.stats import PublishStats
 
 log = logging.getLogger(__name__)
 api = Blueprint("api", __name__)
 
 
+def _state() -> ServerState:
+    return cast(ServerState, app_state())
+
+
 def _stats() -> PublishStats:
-    return cast(PublishStats, current_app.extensions["groker_stats"])
+    return _state().stats
 
 
 @api.post("/notifications")
 def notification():
     """The broker tells us an async message of ours was published."""
-    secret = current_app.config["CALLBACK_SECRET"]
+    secret = _state().settings.callback_secret
     if secret:
         try:
             verify(secret, request.get_data(cache=True), request.headers)
@@ -44,7 +48,7 @@ def notification():
 
 @api.get("/stats")
 def stats():
-    publisher = cast(Publisher, current_app.extensions["groker_publisher"])
+    publisher = _state().publisher
     answer = _stats().as_dict(with_ids=request.args.get("ids") == "1")
     return {**answer, "rate": publisher.rate, "sync_ratio": publisher.sync_ratio}
 
@@ -61,6 +65,6 @@ def set_rate():
         and (ratio is None or (isinstance(ratio, int | float) and 0 <= ratio <= 1))
     ):
         return error(400, "invalid rate", '{"rate": 0-10000, "sync_ratio": 0-1 (optional)}')
-    publisher = cast(Publisher, current_app.extensions["groker_publisher"])
+    publisher = _state().publisher
     publisher.set_rate(float(rate), None if ratio is None else float(ratio))
     return {"rate": publisher.rate, "sync_ratio": publisher.sync_ratio}

@@ -75,9 +75,9 @@ def test_publishes_sync_and_async_and_confirms_both(stack, http):
     try:
         http.request_json("POST", f"{broker_url}/subscriptions", {"callback": sink_url})
         app, url = start_server(stack, broker_url, rate=50, sync_ratio=0.5)
-        stats = app.extensions["groker_stats"]
+        stats = app.extensions["groker"].stats
         wait_until(lambda: stats.confirmed_sync >= 5 and stats.confirmed_async >= 5)
-        app.extensions["groker_publisher"].stop()
+        app.extensions["groker"].publisher.stop()
         wait_until(
             lambda: not stats.pending and stats.accepted == stats.sent,
             what="every message sent accepted and confirmed",
@@ -100,7 +100,7 @@ def test_backs_off_when_the_queue_is_full(stack):
         broker_app(max_queue_length=3),
     )
     app, _ = start_server(stack, broker_url, rate=200, sync_ratio=0)
-    stats = app.extensions["groker_stats"]
+    stats = app.extensions["groker"].stats
     wait_until(lambda: stats.rejected >= 1, what="a 503")
     assert stats.accepted == 3
     sent = stats.sent
@@ -123,7 +123,7 @@ def test_rate_can_be_changed_while_running(stack):
     broker_url = start(stack, broker_app())
     app, _ = start_server(stack, broker_url, rate=0)
     client = app.test_client()
-    stats = app.extensions["groker_stats"]
+    stats = app.extensions["groker"].stats
     assert client.put("/rate", json={"rate": -1}).status_code == 400
     assert client.put("/rate", json={"rate": 1, "sync_ratio": 2}).status_code == 400
     assert stats.sent == 0  # rate 0 publishes nothing
@@ -166,6 +166,6 @@ def test_a_garbled_signature_on_a_notification_is_a_401_not_a_crash():
         headers = sign(secret, "x", body) | {"webhook-signature": "v1"}
         answer = app.test_client().post("/notifications", data=body, headers=headers)
         assert answer.status_code == 401 and answer.get_json()["error"] == "bad signature"
-        assert app.extensions["groker_stats"].bad_signatures == 1
+        assert app.extensions["groker"].stats.bad_signatures == 1
     finally:
         app.extensions["groker_on_exit"]()
