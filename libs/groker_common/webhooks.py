@@ -44,7 +44,7 @@ def challenge_answer(message: Any) -> Answer | None:
     return 200, {"challenge": challenge}
 
 
-def verification_answer(raw: bytes) -> bytes | None:
+def challenge_echo(raw: bytes) -> bytes | None:
     """The body a willing subscriber answers (with 200) to the broker's challenge, or None
     when `raw` is not a well-formed one: for the minimal receivers of the tests."""
     try:

@@ -24,7 +24,7 @@ from broker.settings import BrokerSettings
 from broker.wiring import build_broker
 from groker_common.http import HttpPool
 from groker_common.testing import launch_broker, serve, stop_process, wait_until
-from groker_common.webhooks import verification_answer
+from groker_common.webhooks import challenge_echo
 
 # In memory, fast timeouts, and loopback allowed: the sinks listen on 127.0.0.1.
 TEST_SETTINGS: dict[str, Any] = {
@@ -56,7 +56,7 @@ class Sink:
     def __call__(self, environ, start_response):
         length = int(environ.get("CONTENT_LENGTH") or 0)
         raw = environ["wsgi.input"].read(length)
-        challenge = verification_answer(raw)
+        challenge = challenge_echo(raw)
         if challenge is not None and self.echo_challenge:  # the broker asks: do we want it?
             start_response("200 OK", [("Content-Type", "application/json")])
             return [challenge]

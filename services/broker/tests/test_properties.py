@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from broker.core import Broker
 from broker.wiring import build_broker
 from groker_common.testing import serve, wait_until
-from groker_common.webhooks import verification_answer
+from groker_common.webhooks import challenge_echo
 
 from .conftest import settings_for_tests
 
@@ -43,7 +43,7 @@ class Receiver:
     def __call__(self, environ, start_response):
         raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
         path = environ["PATH_INFO"]
-        challenge = verification_answer(raw)
+        challenge = challenge_echo(raw)
         if challenge is not None:
             start_response("200 OK", [("Content-Type", "application/json")])
             return [challenge]

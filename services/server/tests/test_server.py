@@ -15,7 +15,7 @@ from groker_common.http import HttpPool
 from groker_common.retry_after import parse_retry_after
 from groker_common.signatures import new_secret, sign
 from groker_common.testing import serve, serve_app_at_its_url, wait_until
-from groker_common.webhooks import verification_answer
+from groker_common.webhooks import challenge_echo
 from server.app import create_app
 from server.publisher import MAX_BACKOFF
 from server.settings import ServerSettings
@@ -61,7 +61,7 @@ def start_server(stack: list, broker_url: str, **overrides) -> tuple:
 
 
 def sink_app(environ, start_response):
-    challenge = verification_answer(environ["wsgi.input"].read())
+    challenge = challenge_echo(environ["wsgi.input"].read())
     if challenge is not None:
         start_response("200 OK", [("Content-Type", "application/json")])
         return [challenge]
