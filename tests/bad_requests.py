@@ -3,8 +3,13 @@
 Shared by the broker's unit tests (Flask test client) and the end-to-end tests (the live
 broker in compose): (method, path, raw body, content type, status, error)."""
 
+import json
+
 BIG = 2 * 1024 * 1024
 J = "application/json"
+MANY_HEADERS = {f"h{i}": "v" * 100 for i in range(2000)}
+LONG_HEADER = {"h": "v" * 5000}
+LONG_NAME = {"h" * 200: "v"}
 BAD_INPUTS = [
     # (method, path, raw body, content type, expected status, expected error)
     ("POST", "/messages", "{not json", J, 400, "malformed JSON"),
@@ -87,4 +92,27 @@ BAD_INPUTS = [
     ("POST", "/messages", '{"body": 1, "mode": null}', J, 400, "invalid request"),
     ("POST", "/subscriptions", '{"callback": ["http://h/"]}', J, 400, "invalid request"),
     ("POST", "/subscriptions", '{"callback": "http://h/", "x": 1}', J, 400, "invalid request"),
+    # Not JSON by RFC 8259, though Python's parsers take them: never accepted, never delivered.
+    ("POST", "/messages", '{"body": {"a": NaN}}', J, 400, "invalid request"),
+    ("POST", "/messages", '{"body": [Infinity]}', J, 400, "invalid request"),
+    ("POST", "/messages", '{"body": -Infinity, "mode": "sync"}', J, 400, "invalid request"),
+    ("POST", "/messages", '{"body": {"b": 1e999999}}', J, 400, "invalid request"),
+    # Headers are kept while queued and sent with every delivery: bounded.
+    (
+        "POST",
+        "/messages",
+        json.dumps({"body": 1, "headers": MANY_HEADERS}),
+        J,
+        400,
+        "invalid request",
+    ),
+    (
+        "POST",
+        "/messages",
+        json.dumps({"body": 1, "headers": LONG_HEADER}),
+        J,
+        400,
+        "invalid request",
+    ),
+    ("POST", "/messages", json.dumps({"body": 1, "headers": LONG_NAME}), J, 400, "invalid request"),
 ]

@@ -20,7 +20,8 @@ WaitResult = Literal["published", "timeout", "draining"]
 
 
 def encode_body(body: Any) -> str:
-    return json.dumps(body, separators=(",", ":"))
+    # allow_nan=False: never emit NaN or Infinity, which strict JSON parsers refuse.
+    return json.dumps(body, separators=(",", ":"), allow_nan=False)
 
 
 class Reply(Protocol):
@@ -59,7 +60,10 @@ class Message:
 
     @property
     def size(self) -> int:
-        return len(self.body_json)
+        """What this message keeps while queued, counted against the queue's byte bound:
+        the body's JSON text, the headers and the callback."""
+        headers = sum(len(k) + len(v) for k, v in self.headers.items()) if self.headers else 0
+        return len(self.body_json) + headers + len(self.callback or "")
 
     def begin_publication(self, subscriber_ids: list[str]) -> None:
         """Fix the delivery set, and encode the subscriber payload once for all of them."""

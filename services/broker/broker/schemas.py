@@ -4,6 +4,7 @@ document is generated from them."""
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -13,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictStr,
+    StringConstraints,
     WithJsonSchema,
     model_validator,
 )
@@ -54,6 +56,29 @@ CallbackUrl = Annotated[
 ]
 
 
+def _strict_json(value: Any) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise ValueError(
+            "NaN, Infinity and numbers too large for a double are not JSON (RFC 8259)"
+        ) from None
+    return value
+
+
+# Python's JSON parser (and pydantic's) take NaN, Infinity and 1e999 (as inf); strict parsers
+# (Go, JavaScript, Java) refuse them, so the broker must neither accept nor deliver them.
+StrictJson = Annotated[Any, AfterValidator(_strict_json)]
+
+# A message's headers are kept with it while it is queued and sent with every delivery:
+# bounded in number and size (and counted against GROKER_MAX_QUEUE_BYTES).
+MAX_HEADERS = 64
+MAX_HEADER_NAME = 128
+MAX_HEADER_VALUE = 4096
+HeaderName = Annotated[StrictStr, StringConstraints(max_length=MAX_HEADER_NAME)]
+HeaderValue = Annotated[StrictStr, StringConstraints(max_length=MAX_HEADER_VALUE)]
+
+
 class PublishRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -65,10 +90,12 @@ class PublishRequest(BaseModel):
         },
     )
 
-    body: Any = Field(description="any JSON value, delivered as is")
+    body: StrictJson = Field(description="any JSON value, delivered as is")
     mode: Literal["sync", "async"] = "async"
     callback: CallbackUrl | None = None
-    headers: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+    headers: dict[HeaderName, HeaderValue] = Field(
+        default_factory=dict, max_length=MAX_HEADERS, description="kept and delivered as is"
+    )
 
     @model_validator(mode="after")
     def _callback_is_for_async(self) -> PublishRequest:

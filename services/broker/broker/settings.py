@@ -22,7 +22,9 @@ class BrokerSettings(GrokerSettings):
     lane_capacity: int = Field(1000, ge=1, description="messages waiting per subscriber lane")
     max_queue_length: int = Field(10_000, ge=1, description="unpublished messages kept at most")
     max_queue_bytes: int = Field(
-        256 * 1024 * 1024, ge=1024, description="unpublished message bodies kept at most, bytes"
+        256 * 1024 * 1024,
+        ge=1024,
+        description="unpublished messages kept at most (body, headers, callback), bytes",
     )
     flow_backlog: int = Field(
         1000, ge=1, description="queued messages beyond which publishers are held (flow control)"

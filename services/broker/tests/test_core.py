@@ -232,6 +232,21 @@ def test_queue_is_bounded_in_bytes_too():
         broker.stop()
 
 
+def test_the_byte_bound_counts_headers_and_callback_too(make_sink):
+    broker = build_broker(settings_for_tests(max_queue_bytes=4096))
+    broker.start()
+    try:
+        headers = {f"h{i:02d}": "v" * 97 for i in range(30)}  # 30 x 100 bytes, a 1-byte body
+        broker.publish(1, headers=headers, callback=make_sink().url)
+        kept = broker.stats().unpublished_bytes
+        assert kept == 1 + 3000 + len(make_sink().url)
+        with pytest.raises(QueueFull):  # the same again would pass 4096, though its body is 1
+            broker.publish(1, headers=headers)
+        assert broker.stats().unpublished_bytes == kept
+    finally:
+        broker.stop()
+
+
 def test_snapshot_shows_subscribers_with_their_lanes_and_the_newest_messages(broker, make_sink):
     sink = make_sink()
     broker.subscribe(sink.url)
