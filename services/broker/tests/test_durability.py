@@ -3,6 +3,7 @@ grouped, old messages are pruned, and a stopping broker keeps what it has not pu
 
 from __future__ import annotations
 
+import resource
 import signal
 import sqlite3
 from pathlib import Path
@@ -142,3 +143,55 @@ def test_a_broker_killed_with_sigkill_loses_nothing_it_accepted(tmp_path, make_s
 def test_an_unknown_store_is_refused_at_start_with_the_known_ones_named():
     with pytest.raises(ValueError, match="GROKER_STORE='nosuch': not one of sqlite, memory"):
         build_broker(settings_for_tests(store="nosuch"))
+
+
+def _worker_pid(master: int) -> int:
+    """gunicorn's one worker: the master's child."""
+    for task in Path(f"/proc/{master}/task").iterdir():
+        children = (task / "children").read_text().split()
+        if children:
+            return int(children[0])
+    raise AssertionError(f"gunicorn master {master} has no worker")
+
+
+def test_a_full_disk_refuses_with_503_delivers_nothing_refused_and_recovers(
+    tmp_path, make_sink, start_broker
+):
+    """A real gunicorn broker whose files may grow no further (RLIMIT_FSIZE, set on the
+    running worker: its writes then fail with EFBIG, as on a full disk). What it refuses is
+    never delivered, everything it accepted is, in order, and publishing resumes once there
+    is room again."""
+    http = HttpPool()
+    durable = {"GROKER_STORE": "sqlite", "GROKER_DB_PATH": str(tmp_path / "groker.db")}
+    try:
+        broker = start_broker(**durable)
+        sink = make_sink()
+        http.request_json("POST", f"{broker.url}/subscriptions", {"callback": sink.url})
+        worker = _worker_pid(broker.process.pid)
+        _, hard = resource.prlimit(worker, resource.RLIMIT_FSIZE)
+        resource.prlimit(worker, resource.RLIMIT_FSIZE, (512 * 1024, hard))
+        accepted, refused = [], []
+        for n in range(200):
+            body = {"n": n, "pad": "x" * 20_000}
+            status, answer = http.request_json("POST", f"{broker.url}/messages", {"body": body})
+            assert status in (202, 503), answer
+            if status == 202:
+                accepted.append((n, answer["seq"]))
+            else:
+                assert answer["error"] == "store unavailable"
+                refused.append(n)
+            if len(refused) == 5:
+                break
+        assert accepted and len(refused) == 5  # the disk filled up, then every write failed
+        resource.prlimit(worker, resource.RLIMIT_FSIZE, (hard, hard))
+        for n in range(200, 203):
+            status, answer = http.request_json("POST", f"{broker.url}/messages", {"body": {"n": n}})
+            assert status == 202, answer
+            accepted.append((n, answer["seq"]))
+        wait_until(lambda: len(sink.received) >= len(accepted), timeout=20, what="deliveries")
+        gevent.sleep(0.3)  # time for anything refused to (wrongly) arrive as well
+        assert [m["body"]["n"] for m in sink.received] == [n for n, _ in accepted]
+        assert sink.seqs == [seq for _, seq in accepted]
+        assert not set(refused) & {m["body"]["n"] for m in sink.received}
+    finally:
+        http.close()

@@ -21,6 +21,9 @@ class QueueIndex:
         self._retention_count = retention_count
         self._retention_seconds = retention_seconds
         self._last_seq = 0
+        # Appended but not yet durable: the head is not handed out until its write commits,
+        # and a message whose write failed is taken out again, never published.
+        self._uncommitted: set[str] = set()
 
     def last_seq(self) -> int:
         return self._last_seq
@@ -29,14 +32,30 @@ class QueueIndex:
         """After a restart: seq goes on from the highest one ever stored."""
         self._last_seq = max(self._last_seq, seq)
 
-    def append(self, message: Message) -> None:
+    def append(self, message: Message, committed: bool = True) -> None:
+        if not committed:
+            self._uncommitted.add(message.id)
         self._queue.append(message)
         self._unpublished[message.id] = message
         self._unpublished_bytes += message.size
         self._last_seq = max(self._last_seq, message.seq)
 
+    def committed(self, message: Message) -> None:
+        """Its write is durable: it may be published."""
+        self._uncommitted.discard(message.id)
+
+    def forget(self, message: Message) -> None:
+        """Its write failed: as if it had never been accepted. It cannot have been taken,
+        since the head waits for its commit."""
+        self._uncommitted.discard(message.id)
+        if self._unpublished.pop(message.id, None) is not None:
+            self._unpublished_bytes -= message.size
+        self._queue.remove(message)
+
     def head(self) -> Message | None:
-        return self._queue[0] if self._queue else None
+        if not self._queue or self._queue[0].id in self._uncommitted:
+            return None
+        return self._queue[0]
 
     def take_head(self) -> Message:
         return self._queue.popleft()

@@ -100,6 +100,8 @@ class SqliteStore(ServedFromIndex):
         self._conn: sqlite3.Connection | None = None
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
         self._pending_done = gevent.event.AsyncResult()
+        # The messages whose rows the pending batch inserts: its outcome decides theirs.
+        self._appended: list[Message] = []
         self._wakeup = gevent.event.Event()
         self._subscriptions: list[Subscriber] = []
         self._closed = False
@@ -137,7 +139,9 @@ class SqliteStore(ServedFromIndex):
                 self._conn.executemany(sql, [params for _, params in group])
             self._conn.execute("COMMIT")
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            # SQLite may have rolled back itself (a full disk does): keep the first error.
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
             raise
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -163,15 +167,22 @@ class SqliteStore(ServedFromIndex):
 
     def _flush(self) -> None:
         while self._pending:
-            ops, done = self._pending, self._pending_done
+            ops, done, appended = self._pending, self._pending_done, self._appended
             self._pending, self._pending_done = [], gevent.event.AsyncResult()
+            self._appended = []
             began = time.perf_counter()
             try:
                 self._thread.apply(self._commit, (ops,))
             except Exception as exc:
                 log.error("store write of %d operations failed: %s", len(ops), exc)
+                # Here, not in the publishers' greenlets: one that is killed while it waits
+                # must not leave its message blocking the head of the queue.
+                for message in appended:
+                    self._index.forget(message)
                 done.set_exception(exc)
             else:
+                for message in appended:
+                    self._index.committed(message)
                 self.batches += 1
                 if self._observe_write is not None:
                     self._observe_write(time.perf_counter() - began)
@@ -211,9 +222,11 @@ class SqliteStore(ServedFromIndex):
 
     # --- the Store interface (the reads: ServedFromIndex) ---------------------------------
     def append(self, message: Message) -> None:
-        # In the in-memory queue at once, so that seq order and queue order agree; the
-        # publisher hears back only once the row is committed.
-        self._index.append(message)
+        # In the in-memory queue at once, so that seq order and queue order agree, but not
+        # handed out before the row is committed; the publisher hears back only then. A
+        # failed write takes it out again: refused (503) means never published.
+        self._index.append(message, committed=False)
+        self._appended.append(message)
         self._submit(
             INSERT_MESSAGE,
             (
