@@ -257,15 +257,6 @@ def subscribe_all(broker_url: str, callbacks: Sequence[str], token: str | None =
 # --- measuring ------------------------------------------------------------------------
 
 
-def worker_pid(master: int) -> int:
-    """gunicorn's worker: the master's child (one worker, so one child)."""
-    for task in Path(f"/proc/{master}/task").iterdir():
-        children = (task / "children").read_text().split()
-        if children:
-            return int(children[0])
-    raise RuntimeError(f"gunicorn master {master} has no worker")
-
-
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -25,8 +25,8 @@ from bench.common import (
     call,
     die_with_parent,
     rss_bytes,
-    worker_pid,
 )
+from groker_common.testing import worker_pid
 
 
 def baseline_process(n: int) -> float:

@@ -105,6 +105,15 @@ def launch_broker(
     return process, f"http://127.0.0.1:{port}"
 
 
+def worker_pid(master: int) -> int:
+    """gunicorn's worker: the master's child (one worker, so one child)."""
+    for task in Path(f"/proc/{master}/task").iterdir():
+        children = (task / "children").read_text().split()
+        if children:
+            return int(children[0])
+    raise RuntimeError(f"gunicorn master {master} has no worker")
+
+
 def stop_process(process: subprocess.Popen[Any], timeout: float = 30) -> None:
     """SIGTERM, as an orchestrator stops it; SIGKILL if it will not go."""
     if process.poll() is None:

@@ -15,7 +15,7 @@ from broker.errors import Draining
 from broker.settings import BrokerSettings
 from broker.wiring import build_broker
 from groker_common.http import HttpPool
-from groker_common.testing import wait_until
+from groker_common.testing import wait_until, worker_pid
 
 from .conftest import settings_for_tests
 
@@ -145,15 +145,6 @@ def test_an_unknown_store_is_refused_at_start_with_the_known_ones_named():
         build_broker(settings_for_tests(store="nosuch"))
 
 
-def _worker_pid(master: int) -> int:
-    """gunicorn's one worker: the master's child."""
-    for task in Path(f"/proc/{master}/task").iterdir():
-        children = (task / "children").read_text().split()
-        if children:
-            return int(children[0])
-    raise AssertionError(f"gunicorn master {master} has no worker")
-
-
 def test_a_full_disk_refuses_with_503_delivers_nothing_refused_and_recovers(
     tmp_path, make_sink, start_broker
 ):
@@ -167,7 +158,7 @@ def test_a_full_disk_refuses_with_503_delivers_nothing_refused_and_recovers(
         broker = start_broker(**durable)
         sink = make_sink()
         http.request_json("POST", f"{broker.url}/subscriptions", {"callback": sink.url})
-        worker = _worker_pid(broker.process.pid)
+        worker = worker_pid(broker.process.pid)
         _, hard = resource.prlimit(worker, resource.RLIMIT_FSIZE)
         resource.prlimit(worker, resource.RLIMIT_FSIZE, (512 * 1024, hard))
         accepted, refused = [], []
