@@ -15,7 +15,7 @@ import gevent
 from flask import Blueprint, Response, current_app
 
 from broker.core import Broker
-from broker.operations import Reply, route
+from broker.operations import Documented, route
 
 # Seconds between two events on a stream; the page's rate chart assumes about one a second.
 EVENT_INTERVAL = 1.0
@@ -40,7 +40,7 @@ def _event(broker: Broker) -> str:
     "GET",
     "/",
     operation_id="dashboard",
-    replies={200: Reply("the live dashboard", content_type="text/html")},
+    replies={200: Documented("the live dashboard", content_type="text/html")},
 )
 def page() -> Response:
     return dashboard.send_static_file("dashboard.html")
@@ -51,7 +51,7 @@ def page() -> Response:
     "GET",
     "/dashboard/snapshot",
     operation_id="dashboard_snapshot",
-    replies={200: Reply("what the dashboard shows", schema={"type": "object"})},
+    replies={200: Documented("what the dashboard shows", schema={"type": "object"})},
 )
 def snapshot() -> dict:
     return _broker().snapshot()
@@ -63,7 +63,7 @@ def snapshot() -> dict:
     "/dashboard/events",
     operation_id="dashboard_events",
     replies={
-        200: Reply(
+        200: Documented(
             "snapshots as server-sent events, every second", content_type="text/event-stream"
         )
     },

@@ -19,9 +19,17 @@ Status = Literal["queued", "published"]
 WaitResult = Literal["published", "timeout", "draining"]
 
 
-def encode_body(body: Any) -> str:
-    # allow_nan=False: never emit NaN or Infinity, which strict JSON parsers refuse.
-    return json.dumps(body, separators=(",", ":"), allow_nan=False)
+class JsonText(str):
+    """A body already encoded by `encode_body` (the HTTP layer encodes it while it checks
+    it), so that the publish route encodes each body once."""
+
+
+def encode_body(body: Any) -> JsonText:
+    """The body as compact JSON text. allow_nan=False: never emit NaN or Infinity, which
+    strict JSON parsers refuse (raises ValueError)."""
+    if isinstance(body, JsonText):
+        return body
+    return JsonText(json.dumps(body, separators=(",", ":"), allow_nan=False))
 
 
 class Reply(Protocol):

@@ -12,7 +12,7 @@ from pydantic.json_schema import models_json_schema
 
 # Imported for the operations they declare.
 from broker import dashboard, routes  # noqa: F401
-from broker.operations import OPERATIONS, Operation, Reply, declare, route
+from broker.operations import OPERATIONS, Documented, Operation, declare, route
 from broker.schemas import Error, Health
 
 spec = Blueprint("spec", __name__)
@@ -32,24 +32,28 @@ ERRORS = {
 }
 # The routes every groker service serves (groker_common.web, groker_common.metrics).
 for shared in (
-    Operation("get", "/healthz", "healthz", {200: Reply("alive", Health)}),
+    Operation("get", "/healthz", "healthz", {200: Documented("alive", Health)}),
     Operation(
         "get",
         "/readyz",
         "readyz",
-        {200: Reply("ready", Health), 503: Reply("starting or draining", Error)},
+        {200: Documented("ready", Health), 503: Documented("starting or draining", Error)},
     ),
     Operation(
         "get",
         "/metrics",
         "metrics",
-        {200: Reply("Prometheus metrics", content_type="text/plain", schema={"type": "string"})},
+        {
+            200: Documented(
+                "Prometheus metrics", content_type="text/plain", schema={"type": "string"}
+            )
+        },
     ),
 ):
     declare(shared)
 
 
-def _content(reply: Reply) -> dict[str, Any]:
+def _content(reply: Documented) -> dict[str, Any]:
     answer: dict[str, Any] = {"description": reply.description}
     if reply.model is not None:
         schema = {"$ref": f"#/components/schemas/{reply.model.__name__}"}
@@ -62,7 +66,7 @@ def _content(reply: Reply) -> dict[str, Any]:
 
 def _operation(op: Operation) -> dict[str, Any]:
     errors = {*op.errors, 431} | ({401, 429} if op.scope else set())
-    replies = {code: Reply(ERRORS[code], Error) for code in sorted(errors)} | op.replies
+    replies = {code: Documented(ERRORS[code], Error) for code in sorted(errors)} | op.replies
     item: dict[str, Any] = {"operationId": op.operation_id}
     if op.scope is not None:
         item["security"] = [{f"{op.scope}Token": []}]
@@ -118,7 +122,10 @@ def document() -> dict[str, Any]:
 
 
 @route(
-    spec, "GET", "/openapi.json", replies={200: Reply("this document", schema={"type": "object"})}
+    spec,
+    "GET",
+    "/openapi.json",
+    replies={200: Documented("this document", schema={"type": "object"})},
 )
 def openapi() -> dict[str, Any]:
     return document()

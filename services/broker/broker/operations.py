@@ -17,7 +17,7 @@ from broker.access import Scope, refusal
 
 
 @dataclass(frozen=True)
-class Reply:
+class Documented:
     """One documented answer: a description and what its body is."""
 
     description: str
@@ -31,7 +31,7 @@ class Operation:
     method: str
     path: str
     operation_id: str
-    replies: dict[int, Reply]
+    replies: dict[int, Documented]
     scope: Scope | None = None
     request: type[BaseModel] | None = None
     # Error answers this operation can give besides those every operation can (431, and
@@ -54,7 +54,7 @@ def route(
     blueprint: Blueprint,
     method: str,
     path: str,
-    replies: dict[int, Reply],
+    replies: dict[int, Documented],
     scope: Scope | None = None,
     request: type[BaseModel] | None = None,
     errors: tuple[int, ...] = (),

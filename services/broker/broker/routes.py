@@ -11,7 +11,7 @@ from werkzeug.exceptions import UnsupportedMediaType
 
 from broker.core import Broker
 from broker.errors import ChallengeFailed, Draining, QueueFull, RefusedDestination, StoreError
-from broker.operations import Reply, route
+from broker.operations import Documented, route
 from broker.schemas import (
     MessageStatus,
     NewSubscription,
@@ -80,9 +80,9 @@ def _invalid(exc: ValidationError):
     scope="publish",
     request=PublishRequest,
     replies={
-        200: Reply("sync: published", MessageStatus),
-        202: Reply("async: queued", MessageStatus),
-        504: Reply("sync: not yet published; still queued", MessageStatus),
+        200: Documented("sync: published", MessageStatus),
+        202: Documented("async: queued", MessageStatus),
+        504: Documented("sync: not yet published; still queued", MessageStatus),
     },
     errors=(400, 403, 413, 415, 503),
 )
@@ -109,7 +109,7 @@ def publish():
     "GET",
     "/messages/<message_id>",
     scope="publish",
-    replies={200: Reply("the message's status", MessageStatus)},
+    replies={200: Documented("the message's status", MessageStatus)},
     errors=(404,),
 )
 def get_message(message_id: str):
@@ -126,8 +126,8 @@ def get_message(message_id: str):
     scope="manage",
     request=SubscribeRequest,
     replies={
-        201: Reply("subscribed", NewSubscription),
-        200: Reply("that callback was subscribed already", NewSubscription),
+        201: Documented("subscribed", NewSubscription),
+        200: Documented("that callback was subscribed already", NewSubscription),
     },
     errors=(400, 403, 413, 415, 422, 503),
 )
@@ -143,7 +143,7 @@ def subscribe():
     "GET",
     "/subscriptions",
     scope="manage",
-    replies={200: Reply("current subscriptions", SubscriptionList)},
+    replies={200: Documented("current subscriptions", SubscriptionList)},
 )
 def list_subscriptions():
     listed = [Subscription.of(s) for s in _broker().subscriptions()]
@@ -155,7 +155,7 @@ def list_subscriptions():
     "GET",
     "/subscriptions/<subscriber_id>",
     scope="manage",
-    replies={200: Reply("the subscription", Subscription)},
+    replies={200: Documented("the subscription", Subscription)},
     errors=(404,),
 )
 def get_subscription(subscriber_id: str):
@@ -170,7 +170,7 @@ def get_subscription(subscriber_id: str):
     "DELETE",
     "/subscriptions/<subscriber_id>",
     scope="manage",
-    replies={204: Reply("unsubscribed")},
+    replies={204: Documented("unsubscribed")},
     errors=(404,),
 )
 def unsubscribe(subscriber_id: str):
@@ -183,7 +183,7 @@ def unsubscribe(subscriber_id: str):
     api,
     "GET",
     "/stats",
-    replies={200: Reply("counters", schema={"type": "object"})},
+    replies={200: Documented("counters", schema={"type": "object"})},
 )
 def stats():
     return _broker().stats().as_dict()

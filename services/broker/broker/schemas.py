@@ -4,7 +4,6 @@ document is generated from them."""
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -18,6 +17,8 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+
+from broker.model import JsonText, encode_body
 
 if TYPE_CHECKING:
     from broker.model import Message, Subscriber
@@ -56,18 +57,18 @@ CallbackUrl = Annotated[
 ]
 
 
-def _strict_json(value: Any) -> Any:
+def _strict_json(value: Any) -> JsonText:
     try:
-        json.dumps(value, allow_nan=False)
+        return encode_body(value)
     except ValueError:
         raise ValueError(
             "NaN, Infinity and numbers too large for a double are not JSON (RFC 8259)"
         ) from None
-    return value
 
 
 # Python's JSON parser (and pydantic's) take NaN, Infinity and 1e999 (as inf); strict parsers
 # (Go, JavaScript, Java) refuse them, so the broker must neither accept nor deliver them.
+# The check is the encoding itself: the validated body is its JSON text, encoded once.
 StrictJson = Annotated[Any, AfterValidator(_strict_json)]
 
 # A message's headers are kept with it while it is queued and sent with every delivery:
