@@ -116,3 +116,14 @@ BAD_INPUTS = [
     ),
     ("POST", "/messages", json.dumps({"body": 1, "headers": LONG_NAME}), J, 400, "invalid request"),
 ]
+
+# Idempotency-Key headers that are refused: (key, raw body, expected status, expected error).
+# FIRST_KEYED is published (with that key and body) before them, so that the last row reuses
+# a key that is bound to another request.
+FIRST_KEYED = ("bad-requests-bound-key", '{"body": "the first"}')
+BAD_KEYS = [
+    ("", '{"body": 1}', 400, "invalid request"),
+    ("k" * 256, '{"body": 1}', 400, "invalid request"),
+    (FIRST_KEYED[0], '{"body": "another"}', 422, "idempotency key reused"),
+    (FIRST_KEYED[0], '{"body": "the first", "mode": "sync"}', 422, "idempotency key reused"),
+]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bad_requests import BAD_INPUTS
+from bad_requests import BAD_INPUTS, BAD_KEYS, FIRST_KEYED
 from groker_common.testing import poll
 
 from .conftest import SYNC_TIMEOUT, System
@@ -113,16 +113,27 @@ def test_bad_input_gets_a_clear_4xx_and_leaves_the_queue_alone(system: System):
     try:
         poll(lambda: system.stats()["unpublished"] == system.stats()["queue_length"])
         kept = [marker(system, "async") for _ in range(3)]
+
+        def send(method: str, path: str, raw: str | None, headers: dict[str, str]):
+            headers["Authorization"] = f"Bearer {system.token_for(method, path)}"
+            body = raw.encode() if raw else b""
+            url = f"{system.broker_url}{path}"
+            return system.http.request(method, url, body, headers, timeout=10)
+
+        # Bound before the snapshot (a replay on a second run: it creates nothing).
+        first_key, first_body = FIRST_KEYED
+        json_type = {"Content-Type": "application/json"}
+        bound, _ = send("POST", "/messages", first_body, json_type | {"Idempotency-Key": first_key})
+        assert bound == 202
         before = system.stats()
         for method, path, raw, content_type, status, message in BAD_INPUTS:
             headers = {"Content-Type": content_type} if content_type else {}
-            headers["Authorization"] = f"Bearer {system.token_for(method, path)}"
-            body = raw.encode() if raw else b""
-            got, answer = system.http.request(
-                method, f"{system.broker_url}{path}", body, headers, timeout=10
-            )
+            got, answer = send(method, path, raw, headers)
             assert (got, message) == (status, message), (method, path, (raw or "")[:80], answer)
             assert b'"error"' in answer and b'"detail"' in answer
+        for key, raw, status, message in BAD_KEYS:
+            got, answer = send("POST", "/messages", raw, json_type | {"Idempotency-Key": key})
+            assert got == status and message.encode() in answer, (key[:20], raw, answer)
         after = system.stats()
         for key in ("accepted", "queue_length", "last_seq", "unpublished"):
             assert after[key] == before[key], key

@@ -7,6 +7,7 @@ limited. Rate limiting per token (or client address) uses the `limits` library."
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import time
 from typing import Literal
@@ -68,6 +69,14 @@ def refusal(scope: Scope) -> Response | None:
     """For the current request: see `AccessControl.refusal`."""
     access: AccessControl = current_app.extensions["groker_access"]
     return access.refusal(scope)
+
+
+def caller() -> str:
+    """Who is calling, as far as scoping their idempotency keys goes: a digest of their
+    bearer token (never the token itself, which would then sit in the store), or "-"
+    without one."""
+    token = _bearer()
+    return hashlib.sha256(token.encode()).hexdigest()[:32] if token else "-"
 
 
 def install_access_control(app: Flask, settings: BrokerSettings) -> None:

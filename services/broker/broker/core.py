@@ -15,10 +15,19 @@ import gevent
 
 from broker.challenge import challenge_callback
 from broker.dispatcher import Dispatcher
-from broker.errors import Draining, QueueFull
+from broker.errors import Draining, KeyInUse, KeyReused, QueueFull
 from broker.guard import CallbackGuard
 from broker.metrics import BrokerMetrics
-from broker.model import Counters, Message, Mode, Stats, Subscriber, WaitResult, encode_body
+from broker.model import (
+    Counters,
+    Message,
+    Mode,
+    Stats,
+    Subscriber,
+    WaitResult,
+    encode_body,
+    fingerprint,
+)
 from broker.registry import SubscriberRegistry
 from broker.replies import CallbackNotifier, CallbackReply, SyncReply
 from broker.schemas import MessageStatus
@@ -115,17 +124,56 @@ class Broker:
         callback: str | None = None,
     ) -> Message:
         """Accept a message onto the tail of the queue; returns once it is stored."""
+        message, _ = self._accept(body, mode, headers, callback, key=None)
+        return message
+
+    def publish_once(
+        self,
+        key: str,
+        body: Any,
+        mode: Mode = "async",
+        headers: dict[str, str] | None = None,
+        callback: str | None = None,
+    ) -> tuple[Message, bool]:
+        """Publish with an idempotency key (already scoped to the publisher): the same key
+        with the same request, within `idempotency_seconds` and while the message is
+        kept, returns the first message and True (replayed) instead of a new one."""
+        return self._accept(body, mode, headers, callback, key=key)
+
+    def _accept(
+        self,
+        body: Any,
+        mode: Mode,
+        headers: dict[str, str] | None,
+        callback: str | None,
+        key: str | None,
+    ) -> tuple[Message, bool]:
         if self.draining:
             raise Draining()
         if callback is not None:
             self.guard.check(callback)
+        body_json = encode_body(body)
+        bound = None
+        if key is not None:
+            bound = fingerprint(body_json, mode, headers or None, callback)
+            # No yield from here to the store's append: two requests with one key cannot
+            # both miss the first.
+            first = self._first_with(key)
+            if first is not None:
+                if first.fingerprint != bound:
+                    raise KeyReused(key)
+                if not self.store.durable(first):
+                    raise KeyInUse(key)
+                return first, True
         message = Message(
             id=str(uuid.uuid4()),
             seq=self.store.last_seq() + 1,
-            body_json=encode_body(body),
+            body_json=body_json,
             mode=mode,
             headers=headers or None,
             callback=callback,
+            key=key,
+            fingerprint=bound,
             reply=SyncReply() if mode == "sync" else self._callback_reply,
         )
         if (
@@ -138,12 +186,24 @@ class Broker:
         self.counters.accepted += 1
         self._dispatcher.wake()
         self._dispatcher.wait_for_room(self.settings.flow_wait)
-        return message
+        return message, False
+
+    def _first_with(self, key: str) -> Message | None:
+        """The message a key is bound to, unless its window has passed."""
+        first = self.store.by_key(key)
+        if first is None or first.accepted_at < time.time() - self.settings.idempotency_seconds:
+            return None
+        return first
 
     def wait_published(self, message: Message) -> WaitResult:
         """Hold a sync publisher until its message is published (or we stop, or time out)."""
+        if message.status == "published":
+            return "published"
         reply = message.reply
-        assert isinstance(reply, SyncReply)
+        if not isinstance(reply, SyncReply) or reply.abandoned:
+            # A retry (same idempotency key) of a sync publish from before a restart or a
+            # drain: nobody waits on it yet. A sync message has no callback to lose.
+            reply = message.reply = SyncReply()
         self._waiting.add(reply)
         try:
             reply.wait(self.settings.sync_timeout)

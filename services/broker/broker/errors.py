@@ -8,6 +8,9 @@ ones a request can meet into answers; lanes.py catches the delivery ones.
     │   └── StoreError           a write could not be made durable
     ├── RefusedDestination       a callback points where the broker will not call (403)
     ├── ChallengeFailed          a new callback did not echo the subscription challenge (422)
+    ├── KeyReused                an idempotency key sent again with another request (422)
+    ├── KeyInUse                 an idempotency key whose first request is still being
+    │                            written (409 + Retry-After)
     └── DeliveryFailed           one delivery to one subscriber (never reaches a client)
         ├── Unreachable          refused, reset, timed out or 5xx: worth another attempt
         └── Gone                 410, or its address is now refused: remove it at once
@@ -46,6 +49,18 @@ class RefusedDestination(BrokerError):
 
 class ChallengeFailed(BrokerError):
     """The callback did not echo the subscription challenge."""
+
+
+class KeyReused(BrokerError):
+    """An idempotency key came again with a different request (body, mode, headers or
+    callback): it stays bound to its first message."""
+
+
+class KeyInUse(BrokerError):
+    """The first request with this idempotency key is still being made durable; asking
+    again in a moment gets its answer."""
+
+    retry_after = 1
 
 
 class DeliveryFailed(BrokerError):

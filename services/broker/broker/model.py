@@ -5,6 +5,7 @@ Nothing here imports the rest of the broker, so every other module can import it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -32,6 +33,17 @@ def encode_body(body: Any) -> JsonText:
     return JsonText(json.dumps(body, separators=(",", ":"), allow_nan=False))
 
 
+def fingerprint(
+    body_json: str, mode: Mode, headers: dict[str, str] | None, callback: str | None
+) -> str:
+    """What an idempotency key is bound to: the whole request, hashed. The body is its
+    encoded text, so the same values in the same order (whitespace aside) are the same."""
+    digest = hashlib.sha256(json.dumps([mode, sorted((headers or {}).items()), callback]).encode())
+    digest.update(b"\n")
+    digest.update(body_json.encode())
+    return digest.hexdigest()
+
+
 class Reply(Protocol):
     """How the publisher of a message hears that it was published: the two ways are
     `replies.SyncReply` (the HTTP request still waiting) and `replies.CallbackReply`."""
@@ -55,6 +67,10 @@ class Message:
     mode: Mode
     headers: dict[str, str] | None = None
     callback: str | None = None
+    # With an idempotency key (scoped to the publisher's token), the fingerprint of the
+    # request it was first sent with: the same key again is answered with this message.
+    key: str | None = None
+    fingerprint: str | None = None
     accepted_at: float = field(default_factory=time.time)
     status: Status = "queued"
     published_at: float | None = None
@@ -69,9 +85,10 @@ class Message:
     @property
     def size(self) -> int:
         """What this message keeps while queued, counted against the queue's byte bound:
-        the body's JSON text, the headers and the callback."""
+        the body's JSON text, the headers, the callback and the idempotency record."""
         headers = sum(len(k) + len(v) for k, v in self.headers.items()) if self.headers else 0
-        return len(self.body_json) + headers + len(self.callback or "")
+        kept = len(self.callback or "") + len(self.key or "") + len(self.fingerprint or "")
+        return len(self.body_json) + headers + kept
 
     def begin_publication(self, subscriber_ids: list[str]) -> None:
         """Fix the delivery set, and encode the subscriber payload once for all of them."""

@@ -23,9 +23,10 @@ ERRORS = {
     401: "missing or wrong bearer token",
     403: "callback destination not allowed",
     404: "not found",
+    409: "the first request with this Idempotency-Key is still being written (see Retry-After)",
     413: "body too large",
     415: "not JSON",
-    422: "callback did not echo the challenge",
+    422: "callback did not echo the challenge, or an Idempotency-Key sent with another request",
     429: "rate limited (see Retry-After)",
     431: "too many or too large headers",
     503: "queue full or stopping (see Retry-After)",
@@ -70,11 +71,14 @@ def _operation(op: Operation) -> dict[str, Any]:
     item: dict[str, Any] = {"operationId": op.operation_id}
     if op.scope is not None:
         item["security"] = [{f"{op.scope}Token": []}]
-    if op.parameters:
-        item["parameters"] = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in op.parameters
-        ]
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in op.parameters
+    ]
+    if op.headers is not None:
+        parameters += _header_parameters(op.headers)
+    if parameters:
+        item["parameters"] = parameters
     if op.request is not None:
         ref = {"$ref": f"#/components/schemas/{op.request.__name__}"}
         item["requestBody"] = {
@@ -83,6 +87,24 @@ def _operation(op: Operation) -> dict[str, Any]:
         }
     item["responses"] = {str(code): _content(reply) for code, reply in replies.items()}
     return item
+
+
+def _header_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    properties = model.model_json_schema(by_alias=True)["properties"]
+    parameters = []
+    for name, schema in properties.items():
+        # Optional headers are simply left out: the parameter's schema is the non-null one.
+        options = [s for s in schema.get("anyOf", [schema]) if s.get("type") != "null"]
+        parameters.append(
+            {
+                "name": name,
+                "in": "header",
+                "required": False,
+                "description": schema.get("description", ""),
+                "schema": options[0],
+            }
+        )
+    return parameters
 
 
 def _models() -> list[type[BaseModel]]:

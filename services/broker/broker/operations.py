@@ -34,6 +34,8 @@ class Operation:
     replies: dict[int, Documented]
     scope: Scope | None = None
     request: type[BaseModel] | None = None
+    # The request headers the operation reads, as a model whose fields' aliases name them.
+    headers: type[BaseModel] | None = None
     # Error answers this operation can give besides those every operation can (431, and
     # 401/429 for one that needs a token); described in openapi.ERRORS.
     errors: tuple[int, ...] = ()
@@ -57,6 +59,7 @@ def route(
     replies: dict[int, Documented],
     scope: Scope | None = None,
     request: type[BaseModel] | None = None,
+    headers: type[BaseModel] | None = None,
     errors: tuple[int, ...] = (),
     operation_id: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -75,6 +78,7 @@ def route(
                 replies=replies,
                 scope=scope,
                 request=request,
+                headers=headers,
                 errors=errors,
                 parameters=parameters,
             )

@@ -9,12 +9,22 @@ from flask import Blueprint, current_app, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import UnsupportedMediaType
 
+from broker.access import caller
 from broker.core import Broker
-from broker.errors import ChallengeFailed, Draining, QueueFull, RefusedDestination, StoreError
+from broker.errors import (
+    ChallengeFailed,
+    Draining,
+    KeyInUse,
+    KeyReused,
+    QueueFull,
+    RefusedDestination,
+    StoreError,
+)
 from broker.operations import Documented, route
 from broker.schemas import (
     MessageStatus,
     NewSubscription,
+    PublishHeaders,
     PublishRequest,
     SubscribeRequest,
     Subscription,
@@ -63,6 +73,26 @@ def _unconfirmed(exc: ChallengeFailed):
     return error(422, "callback verification failed", str(exc))
 
 
+@api.errorhandler(KeyReused)
+def _key_reused(_exc: KeyReused):
+    return error(
+        422,
+        "idempotency key reused",
+        "this Idempotency-Key was first sent with another request (body, mode, headers or"
+        " callback); it stays bound to that message: send a new key for a new message",
+    )
+
+
+@api.errorhandler(KeyInUse)
+def _key_in_use(_exc: KeyInUse):
+    return error(
+        409,
+        "idempotency key in use",
+        "the first request with this Idempotency-Key is still being written; ask again",
+        Retry_After=str(KeyInUse.retry_after),
+    )
+
+
 @api.errorhandler(ValidationError)
 def _invalid(exc: ValidationError):
     detail = [
@@ -79,28 +109,40 @@ def _invalid(exc: ValidationError):
     "/messages",
     scope="publish",
     request=PublishRequest,
+    headers=PublishHeaders,
     replies={
         200: Documented("sync: published", MessageStatus),
         202: Documented("async: queued", MessageStatus),
         504: Documented("sync: not yet published; still queued", MessageStatus),
     },
-    errors=(400, 403, 413, 415, 503),
+    errors=(400, 403, 409, 413, 415, 422, 503),
 )
 def publish():
     broker = _broker()
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        key = PublishHeaders.model_validate({"Idempotency-Key": key}).idempotency_key
     req = _parse(PublishRequest)
-    message = broker.publish(req.body, req.mode, req.headers, req.callback)
+    replayed = False
+    if key is None:
+        message = broker.publish(req.body, req.mode, req.headers, req.callback)
+    else:
+        message, replayed = broker.publish_once(
+            f"{caller()}/{key}", req.body, req.mode, req.headers, req.callback
+        )
     # A plain f-string: url_for costs a few percent of this, the hottest route.
     location = {"Location": f"/messages/{message.id}"}
+    if replayed:
+        location["Idempotent-Replayed"] = "true"
     if req.mode == "async":
         return MessageStatus.of(message).body(), 202, location
     outcome = broker.wait_published(message)
     answer = MessageStatus.of(message).body()
     if outcome == "published":
-        return answer, 200
+        return answer, 200, location
     if outcome == "draining":
         # Accepted and stored: it is published after the restart; poll Location for it.
-        return answer, 503, {**location, "Retry-After": str(Draining.retry_after)}
+        return answer, 503, location | {"Retry-After": str(Draining.retry_after)}
     return answer, 504, location
 
 

@@ -105,6 +105,30 @@ class PublishRequest(BaseModel):
         return self
 
 
+MAX_IDEMPOTENCY_KEY = 255
+
+
+class PublishHeaders(BaseModel):
+    """The request headers publishing reads (besides Authorization and Content-Type)."""
+
+    model_config = ConfigDict(populate_by_name=False)
+
+    idempotency_key: (
+        Annotated[
+            StrictStr,
+            StringConstraints(min_length=1, max_length=MAX_IDEMPOTENCY_KEY, pattern=r"^[ -~]+$"),
+        ]
+        | None
+    ) = Field(
+        None,
+        alias="Idempotency-Key",
+        description="publish once: the same key with the same request, again within"
+        " GROKER_IDEMPOTENCY_SECONDS, answers what the first answered (with"
+        " Idempotent-Replayed: true) and creates nothing; with another request, 422;"
+        " scoped to the bearer token",
+    )
+
+
 class SubscribeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 

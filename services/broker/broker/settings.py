@@ -39,6 +39,12 @@ class BrokerSettings(GrokerSettings):
     retention_seconds: float = Field(
         3600.0, ge=0, description="seconds published messages are kept for GET"
     )
+    idempotency_seconds: float = Field(
+        86_400.0,
+        gt=0,
+        description="seconds an Idempotency-Key is answered (at most while its message is"
+        " retained for GET)",
+    )
     # Checked against storage/backends.py, the one place that knows the backends.
     store: str = Field(
         "sqlite", description="sqlite: durable (the default); memory: lost on restart"

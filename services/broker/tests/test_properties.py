@@ -5,14 +5,17 @@ real receiver on loopback; every example gets a fresh broker."""
 from __future__ import annotations
 
 import json
+import tempfile
 from collections import Counter, defaultdict
 from typing import Any
 
 import gevent
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker.core import Broker
+from broker.errors import KeyInUse, KeyReused
 from broker.wiring import build_broker
 from groker_common.testing import serve, wait_until
 from groker_common.webhooks import challenge_echo
@@ -113,3 +116,82 @@ def run(broker: Broker, receiver: Receiver, steps: list[tuple[str, Any]]) -> Non
     assert [w.get(timeout=10) for w in sync_waiters] == ["published"] * len(sync_waiters)
     wait_until(lambda: len(receiver.notified) == len(async_ids), what="every notification")
     assert receiver.notified == Counter(dict.fromkeys(async_ids, 1))
+
+
+KEYS = 4
+keyed_step = st.one_of(
+    st.tuples(st.just("publish"), st.integers(0, KEYS - 1)),
+    st.tuples(st.just("retry"), st.integers(0, KEYS - 1)),
+    st.tuples(st.just("conflict"), st.integers(0, KEYS - 1)),
+    st.tuples(st.just("crash"), st.just(0)),
+    st.tuples(st.just("pause"), st.just(0)),
+)
+
+
+@given(steps=st.lists(keyed_step, max_size=20))
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+def test_any_interleaving_of_keyed_publishes_retries_and_restarts_makes_one_message_per_key(
+    steps,
+):
+    """Publishes with idempotency keys, their retries (concurrent ones too: a retry may
+    come while the first is still being written), the same key with another body, and
+    restarts of the broker on its SQLite file: one message per key, whatever the order."""
+    receiver = Receiver()
+    with tempfile.TemporaryDirectory() as directory:
+        settings_ = settings_for_tests(store="sqlite", db_path=f"{directory}/g.db")
+        broker = build_broker(settings_)
+        broker.start()
+        broker.subscribe(receiver.url + "/hook/0/1")
+        try:
+            broker = run_keyed(broker, settings_, steps)
+            wait_until(lambda: broker.store.unpublished() == 0, what="everything published")
+            ids = {m["body"]["key"]: m["id"] for m in receiver.received["/hook/0/1"]}
+            per_key = defaultdict(set)
+            for m in receiver.received["/hook/0/1"]:
+                per_key[m["body"]["key"]].add(m["id"])
+            # Delivered at least once (a restart may repeat one), but one message per key.
+            assert all(len(got) == 1 for got in per_key.values()), per_key
+            assert set(ids) == {k for action, k in steps if action == "publish"}
+        finally:
+            broker.stop()
+            receiver.server.stop(timeout=0)
+
+
+def run_keyed(broker: Broker, settings_: Any, steps: list[tuple[str, int]]) -> Broker:
+    """Play the steps; returns the broker running at the end (restarts replace it)."""
+    first: dict[int, str] = {}  # key -> the id its first accepted publish got
+    retries: list[tuple[int, gevent.Greenlet]] = []
+
+    def check_retries() -> None:
+        for k, retry in retries:
+            retry.join()
+            if isinstance(retry.exception, KeyInUse):
+                continue  # asked while the first was being written: asked again below
+            message, replayed = retry.get()
+            assert replayed and message.id == first[k]
+        retries.clear()
+
+    for action, k in steps:
+        key = f"key-{k}"
+        if action == "publish" and k not in first:
+            message, replayed = broker.publish_once(key, {"key": k})
+            assert not replayed
+            first[k] = message.id
+        elif action in ("publish", "retry") and k in first:
+            # Concurrently: the retry may find its first still being written.
+            retries.append((k, gevent.spawn(broker.publish_once, key, {"key": k})))
+        elif action == "conflict" and k in first:
+            check_retries()
+            with pytest.raises(KeyReused):
+                broker.publish_once(key, {"key": k, "other": True})
+        elif action == "crash":
+            check_retries()
+            broker.stop()
+            broker = build_broker(settings_)
+            broker.start()
+        elif action == "pause":
+            gevent.sleep(0.01)
+    check_retries()
+    for k, message_id in first.items():
+        assert broker.publish_once(f"key-{k}", {"key": k})[0].id == message_id
+    return broker

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bad_requests import BAD_INPUTS
+from bad_requests import BAD_INPUTS, BAD_KEYS, FIRST_KEYED
 from groker_common.testing import wait_until
 
 from .conftest import settings_for_tests
@@ -103,6 +103,25 @@ def test_bad_input_gets_a_clear_4xx_and_leaves_the_queue_alone(
     after = [client.get(f"/messages/{m['id']}").get_json() for m in before]
     assert [m["seq"] for m in after] == [1, 2, 3]
     assert all(m["status"] == "queued" for m in after)
+
+
+@pytest.mark.parametrize(("key", "raw", "status", "message"), BAD_KEYS)
+def test_a_bad_idempotency_key_gets_a_clear_4xx_and_creates_nothing(
+    client, key, raw, status, message
+):
+    first_key, first_body = FIRST_KEYED
+
+    def publish(key: str, raw: str):
+        headers = {"Idempotency-Key": key}
+        return client.post("/messages", data=raw, content_type="application/json", headers=headers)
+
+    bound = publish(first_key, first_body).get_json()
+    answer = publish(key, raw)
+    assert (answer.status_code, answer.get_json()["error"]) == (status, message)
+    assert answer.get_json()["detail"]
+    stats = client.get("/stats").get_json()
+    assert (stats["accepted"], stats["queue_length"]) == (1, 1)
+    assert client.get(f"/messages/{bound['id']}").get_json()["seq"] == 1
 
 
 def test_validation_errors_name_the_field(client):

@@ -40,6 +40,13 @@ class MessageStore(Protocol):
     def get(self, message_id: str) -> Message | None:
         """An unpublished message, or a recently published one; None if unknown or pruned."""
 
+    def by_key(self, key: str) -> Message | None:
+        """The newest message accepted with this (scoped) idempotency key, while the store
+        keeps it (as long as `get` answers for it); None otherwise."""
+
+    def durable(self, message: Message) -> bool:
+        """Whether the message's `append` has committed (False while it is being written)."""
+
     def queued(self) -> int:
         """Messages waiting for publication to begin."""
 
@@ -47,7 +54,7 @@ class MessageStore(Protocol):
         """Messages accepted and not yet published: the queue plus those being delivered."""
 
     def unpublished_bytes(self) -> int:
-        """The size of their bodies, for the queue's memory bound."""
+        """Their total `Message.size`, for the queue's memory bound."""
 
     def unpublished_messages(self) -> list[Message]:
         """Every unpublished message, in seq order (to give them replies after a restart)."""

@@ -1,7 +1,7 @@
 """The in-process view of the queue that every backend serves reads from: the queue in seq
-order, the unpublished messages by id (with their total size), and the recently published
-ones, bounded by retention. Backends own one each (composition); durable ones write the
-same changes through to their engine."""
+order, the unpublished messages by id (with their total size), the recently published
+ones, bounded by retention, and the idempotency keys of all of those. Backends own one
+each (composition); durable ones write the same changes through to their engine."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ class QueueIndex:
         # Appended but not yet durable: the head is not handed out until its write commits,
         # and a message whose write failed is taken out again, never published.
         self._uncommitted: set[str] = set()
+        # A key is answered for as long as its message is kept here (and GET answers it).
+        self._by_key: dict[str, Message] = {}
 
     def last_seq(self) -> int:
         return self._last_seq
@@ -39,6 +41,24 @@ class QueueIndex:
         self._unpublished[message.id] = message
         self._unpublished_bytes += message.size
         self._last_seq = max(self._last_seq, message.seq)
+        self._remember_key(message)
+
+    def _remember_key(self, message: Message) -> None:
+        # A key used again after its window is bound to the newer message.
+        if message.key is not None:
+            bound = self._by_key.get(message.key)
+            if bound is None or bound.seq < message.seq:
+                self._by_key[message.key] = message
+
+    def _forget_key(self, message: Message) -> None:
+        if message.key is not None and self._by_key.get(message.key) is message:
+            del self._by_key[message.key]
+
+    def by_key(self, key: str) -> Message | None:
+        return self._by_key.get(key)
+
+    def durable(self, message: Message) -> bool:
+        return message.id not in self._uncommitted
 
     def committed(self, message: Message) -> None:
         """Its write is durable: it may be published."""
@@ -51,6 +71,7 @@ class QueueIndex:
         if self._unpublished.pop(message.id, None) is not None:
             self._unpublished_bytes -= message.size
         self._queue.remove(message)
+        self._forget_key(message)
 
     def head(self) -> Message | None:
         if not self._queue or self._queue[0].id in self._uncommitted:
@@ -68,8 +89,10 @@ class QueueIndex:
     def remember_published(self, message: Message) -> None:
         """Keep a published message for GET, within the retention count."""
         self._recent[message.id] = message
+        self._remember_key(message)
         while len(self._recent) > self._retention_count:
-            self._recent.popitem(last=False)
+            _, dropped = self._recent.popitem(last=False)
+            self._forget_key(dropped)
 
     def get(self, message_id: str) -> Message | None:
         return self._unpublished.get(message_id) or self._recent.get(message_id)
@@ -108,6 +131,7 @@ class QueueIndex:
             if (oldest.published_at or 0) >= cutoff:
                 break
             self._recent.popitem(last=False)
+            self._forget_key(oldest)
             pruned += 1
         return pruned
 
@@ -129,6 +153,12 @@ class ServedFromIndex:
 
     def get(self, message_id: str) -> Message | None:
         return self._index.get(message_id)
+
+    def by_key(self, key: str) -> Message | None:
+        return self._index.by_key(key)
+
+    def durable(self, message: Message) -> bool:
+        return self._index.durable(message)
 
     def queued(self) -> int:
         return self._index.queued()

@@ -43,7 +43,9 @@ CREATE TABLE IF NOT EXISTS messages (
     published_at REAL,
     delivered INTEGER NOT NULL DEFAULT 0,
     failed INTEGER NOT NULL DEFAULT 0,
-    notified INTEGER NOT NULL DEFAULT 0
+    notified INTEGER NOT NULL DEFAULT 0,
+    idempotency_key TEXT,
+    fingerprint TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_by_status ON messages (status, seq);
 CREATE TABLE IF NOT EXISTS subscriptions (
@@ -54,9 +56,12 @@ CREATE TABLE IF NOT EXISTS subscriptions (
 );
 """
 
+# Files written before idempotency keys existed get their columns at open.
+ADDED_COLUMNS = {"idempotency_key": "TEXT", "fingerprint": "TEXT"}
 INSERT_MESSAGE = (
-    "INSERT INTO messages (seq, id, body, headers, mode, callback, accepted_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO messages"
+    " (seq, id, body, headers, mode, callback, accepted_at, idempotency_key, fingerprint)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 MARK_PUBLISHED = (
     "UPDATE messages SET status = 'published', published_at = ?, delivered = ?, failed = ?,"
@@ -74,7 +79,7 @@ PRUNE = (
 )
 COLUMNS = (
     "seq, id, body, headers, mode, callback, accepted_at, status, published_at,"
-    " delivered, failed, notified"
+    " delivered, failed, notified, idempotency_key, fingerprint"
 )
 
 
@@ -129,6 +134,10 @@ class SqliteStore(ServedFromIndex):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.executescript(SCHEMA)
+        present = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+        for column, kind in ADDED_COLUMNS.items():
+            if column not in present:
+                conn.execute(f"ALTER TABLE messages ADD COLUMN {column} {kind}")
         self._conn = conn
 
     def _commit(self, ops: list[tuple[str, tuple[Any, ...]]]) -> None:
@@ -237,6 +246,8 @@ class SqliteStore(ServedFromIndex):
                 message.mode,
                 message.callback,
                 message.accepted_at,
+                message.key,
+                message.fingerprint,
             ),
             wait=True,
         )
@@ -289,8 +300,8 @@ class SqliteStore(ServedFromIndex):
 
 
 def _message(row: tuple[Any, ...]) -> Message:
-    seq, mid, body, headers, mode, callback, accepted_at, status, published_at, *counts = row
-    delivered, failed, notified = counts
+    seq, mid, body, headers, mode, callback, accepted_at, status, published_at, *rest = row
+    delivered, failed, notified, key, fingerprint = rest
     return Message(
         id=mid,
         seq=seq,
@@ -304,4 +315,6 @@ def _message(row: tuple[Any, ...]) -> Message:
         failed=failed,
         notified=bool(notified),
         body_json=body,
+        key=key,
+        fingerprint=fingerprint,
     )
