@@ -164,6 +164,7 @@ class Broker:
                     raise KeyReused(key)
                 if not self.store.durable(first):
                     raise KeyInUse(key)
+                self.counters.replayed += 1
                 return first, True
         message = Message(
             id=str(uuid.uuid4()),

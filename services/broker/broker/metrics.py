@@ -63,6 +63,11 @@ def _export(stats: Stats) -> Iterable[Metric]:
     yield counter("groker_messages_accepted", "Messages accepted", c.accepted)
     yield counter("groker_messages_published", "Messages published", c.published)
     yield counter(
+        "groker_publishes_replayed",
+        "Publishes answered with the message their Idempotency-Key already had",
+        c.replayed,
+    )
+    yield counter(
         "groker_publishes_rejected",
         "Publishes refused because the queue was full",
         c.rejected_full,

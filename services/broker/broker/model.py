@@ -154,6 +154,7 @@ class Counters:
     removed: int = 0
     unsubscribed: int = 0
     rejected_full: int = 0
+    replayed: int = 0  # publishes answered with their idempotency key's first message
     notifications_sent: int = 0
     notifications_failed: int = 0
 

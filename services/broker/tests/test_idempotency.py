@@ -30,6 +30,8 @@ def test_the_same_key_and_request_is_answered_with_the_first_message(client):
     assert again.headers["Idempotent-Replayed"] == "true"
     stats = client.get("/stats").get_json()
     assert (stats["accepted"], stats["queue_length"], stats["last_seq"]) == (1, 1, 1)
+    assert stats["replayed"] == 1
+    assert "groker_publishes_replayed_total 1.0" in client.get("/metrics").text
     # Another key, or none, is another message.
     other = client.post("/messages", json={"body": {"n": 1}}, headers={"Idempotency-Key": "b"})
     plain = client.post("/messages", json={"body": {"n": 1}})
