@@ -31,9 +31,11 @@ def baseline(seconds: int, warmup: int) -> dict[str, Any]:
         return load.hammer(url, seconds)
 
 
-def measure(url: str, seconds: int, warmup: int, token: str | None = None) -> dict[str, Any]:
+def measure(
+    url: str, seconds: int, warmup: int, token: str | None = None, keyed: bool = False
+) -> dict[str, Any]:
     """Hammer a broker that already has its subscriber; the queue must drain after."""
-    load.hammer(f"{url}/messages", warmup, token)
+    load.hammer(f"{url}/messages", warmup, token, keyed)
     wait_drained(url, 60)
     before = call("GET", f"{url}/stats")
     peak = [0]
@@ -45,7 +47,7 @@ def measure(url: str, seconds: int, warmup: int, token: str | None = None) -> di
 
     sampler = gevent.spawn(sample)
     try:
-        result = load.hammer(f"{url}/messages", seconds, token)
+        result = load.hammer(f"{url}/messages", seconds, token, keyed)
     finally:
         sampler.kill()
     after = call("GET", f"{url}/stats")
@@ -55,6 +57,7 @@ def measure(url: str, seconds: int, warmup: int, token: str | None = None) -> di
         **result,
         "rate": accepted / result["duration_s"],  # what the broker took, not what wrk sent
         "accepted": accepted,
+        "replayed": after["replayed"] - before["replayed"],
         "delivered_rate": (after["delivered"] - before["delivered"]) / result["duration_s"],
         "queue_end": after["queue_length"],
         "queue_peak": max(peak[0], after["queue_length"]),
@@ -86,4 +89,7 @@ def run(short: bool) -> dict[str, Any]:
             with broker(store) as (url, _):
                 subscribe_all(url, [callback])
                 out[store] = measure(url, seconds, warmup)
+                if store == "sqlite":
+                    # What a stored Idempotency-Key costs, against the run just above.
+                    out["sqlite_keyed"] = measure(url, seconds, warmup, keyed=True)
     return out

@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
+from itertools import count
 from typing import Any
 
 import gevent
@@ -31,20 +33,23 @@ def publish_body(mode: str = "async") -> bytes:
     return json.dumps({"body": BODY, "mode": mode}).encode()
 
 
-def hammer(url: str, seconds: int, token: str | None = None) -> dict[str, Any]:
-    """POST publish_body() to url for `seconds` from CONNECTIONS keep-alive connections.
-    Returns requests, duration_s, rate, non_2xx, socket_errors, p50_ms, p99_ms."""
-    result = _wrk(url, seconds, token) if WRK else _greenlets(url, seconds, token)
+def hammer(url: str, seconds: int, token: str | None = None, keyed: bool = False) -> dict[str, Any]:
+    """POST publish_body() to url for `seconds` from CONNECTIONS keep-alive connections
+    (`keyed`: each with an Idempotency-Key of its own). Returns requests, duration_s, rate,
+    non_2xx, socket_errors, p50_ms, p99_ms."""
+    prefix = uuid.uuid4().hex if keyed else ""
+    result = _wrk(url, seconds, token, prefix) if WRK else _greenlets(url, seconds, token, prefix)
     result["rate"] = result["requests"] / result["duration_s"]
     return result
 
 
-def _wrk(url: str, seconds: int, token: str | None) -> dict[str, Any]:
+def _wrk(url: str, seconds: int, token: str | None, key_prefix: str) -> dict[str, Any]:
     assert WRK is not None
     with tempfile.NamedTemporaryFile(suffix=".json") as body:
         body.write(publish_body())
         body.flush()
-        env = {**os.environ, "BENCH_BODY_FILE": body.name, "BENCH_TOKEN": token or ""}
+        env = {**os.environ, "BENCH_BODY_FILE": body.name, "BENCH_TOKEN": token or "",
+               "BENCH_KEY_PREFIX": key_prefix}  # fmt: skip
         argv = [WRK, "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "10s"]
         argv += ["-s", str(BENCH / "wrk_post.lua"), url]
         # Polled, not waited on, so that the /stats sampler greenlet runs meanwhile (wrk's
@@ -65,18 +70,22 @@ def _wrk(url: str, seconds: int, token: str | None) -> dict[str, Any]:
     return json.loads(line.removeprefix("WRK_JSON "))
 
 
-def _greenlets(url: str, seconds: int, token: str | None) -> dict[str, Any]:
+def _greenlets(url: str, seconds: int, token: str | None, key_prefix: str) -> dict[str, Any]:
     pool = HttpPool(concurrency=CONNECTIONS)
     headers = _headers(token)
     body = publish_body()
     latencies: list[float] = []
     counts = {"non_2xx": 0, "socket_errors": 0}
     deadline = time.monotonic() + seconds
+    numbers = count()
 
     def loop() -> None:
         while (began := time.monotonic()) < deadline:
+            sent = headers
+            if key_prefix:
+                sent = headers | {"Idempotency-Key": f"{key_prefix}-{next(numbers)}"}
             try:
-                status, _ = pool.request("POST", url, body, headers, timeout=10)
+                status, _ = pool.request("POST", url, body, sent, timeout=10)
             except Exception:
                 counts["socket_errors"] += 1
                 continue

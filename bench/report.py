@@ -27,6 +27,13 @@ def accept_rows(r: dict[str, Any]) -> list[Row]:
                  f"non-2xx {s['non_2xx']}")  # fmt: skip
         rows.append(("accept", f"{store} store, async publish", _num(s["rate"], "msg/s"),
                      _num(base, "msg/s"), f"{ratio(s['rate'], base):.2f}", notes))  # fmt: skip
+    if "sqlite_keyed" in r:
+        keyed, plain = r["sqlite_keyed"], r["sqlite"]
+        notes = (f"baseline: the sqlite run above, without keys; replayed {keyed['replayed']}, "
+                 f"non-2xx {keyed['non_2xx']}")  # fmt: skip
+        rows.append(("accept", "sqlite, each with an Idempotency-Key", _num(keyed["rate"], "msg/s"),
+                     _num(plain["rate"], "msg/s"), f"{ratio(keyed['rate'], plain['rate']):.2f}",
+                     notes))  # fmt: skip
     return rows
 
 

@@ -10,6 +10,23 @@ if token and #token > 0 then
   wrk.headers["Authorization"] = "Bearer " .. token
 end
 
+-- BENCH_KEY_PREFIX set: every request carries its own Idempotency-Key (prefix, thread,
+-- count), so the broker stores a key with every message and replays none.
+local prefix = os.getenv("BENCH_KEY_PREFIX")
+if prefix and #prefix > 0 then
+  local threads = 0
+  function setup(thread)
+    threads = threads + 1
+    thread:set("thread_id", threads)
+  end
+  local sent = 0
+  function request()
+    sent = sent + 1
+    wrk.headers["Idempotency-Key"] = prefix .. "-" .. thread_id .. "-" .. sent
+    return wrk.format()
+  end
+end
+
 -- No response() callback: defining one makes wrk hand every answer to Lua, which costs
 -- more than the broker's own work. Non-2xx answers are counted in summary.errors.status.
 function done(summary, latency, requests)

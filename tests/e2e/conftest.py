@@ -30,6 +30,8 @@ E2E_ENV = {
     "GROKER_SYNC_TIMEOUT": "10",
     "GROKER_DRAIN_TIMEOUT": "5",
     "GROKER_FAULT_INJECTION": "1",
+    # Enough for every message of the longest test, counted by number at each client.
+    "GROKER_KEEP_RECENT": "20000",
 }
 SYNC_TIMEOUT = float(E2E_ENV["GROKER_SYNC_TIMEOUT"])
 

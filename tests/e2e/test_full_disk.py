@@ -36,9 +36,9 @@ def small_disk() -> Iterator[System]:
         "COMPOSE_FILE": f"{ROOT / 'docker-compose.yml'}:{ROOT / 'tests/e2e/full-disk.yml'}",
         "GROKER_BROKER_PORT": "8100",
         "GROKER_SERVER_PORT": "8101",
-        "GROKER_SUBNET": "172.29.0.0/24",
-        "GROKER_GATEWAY": "172.29.0.1",
-        "GROKER_ALLOWED_NETWORKS": "172.29.0.0/24",
+        "GROKER_SUBNET": "172.30.0.0/24",
+        "GROKER_GATEWAY": "172.30.0.1",
+        "GROKER_ALLOWED_NETWORKS": "172.30.0.0/24",
     }
     system.compose("down", "-v", "--remove-orphans", timeout=120)
     try:
