@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +71,8 @@ class Broker:
         self._notifier = parts.notifier
         self._http = parts.http
         self._callback_reply = CallbackReply(parts.notifier)
-        self._waiting: set[SyncReply] = set()
+        # Requests waiting per reply: a retry with the same key waits on the same one.
+        self._waiting: Counter[SyncReply] = Counter()
         self._pruner: gevent.Greenlet | None = None
         self.ready = False
         self.draining = False
@@ -205,11 +207,13 @@ class Broker:
             # A retry (same idempotency key) of a sync publish from before a restart or a
             # drain: nobody waits on it yet. A sync message has no callback to lose.
             reply = message.reply = SyncReply()
-        self._waiting.add(reply)
+        self._waiting[reply] += 1
         try:
             reply.wait(self.settings.sync_timeout)
         finally:
-            self._waiting.discard(reply)
+            self._waiting[reply] -= 1
+            if self._waiting[reply] <= 0:
+                del self._waiting[reply]
         if message.status == "published":
             return "published"
         return "draining" if reply.abandoned else "timeout"

@@ -200,3 +200,14 @@ def test_a_real_broker_answers_a_key_across_a_kill_and_restart(tmp_path, start_b
         assert (stats["queue_length"], stats["last_seq"]) == (1, 1)
     finally:
         http.close()
+
+
+def test_every_request_waiting_on_one_keyed_sync_message_is_answered_on_drain(broker):
+    message, _ = broker.publish_once("k", "queued", mode="sync")
+    retried, replayed = broker.publish_once("k", "queued", mode="sync")
+    assert retried is message and replayed
+    waiters = [gevent.spawn(broker.wait_published, m) for m in (message, retried)]
+    gevent.sleep(0.05)
+    waiters[0].kill()  # one waiter gone (its client hung up) ...
+    broker.drain()  # ... the other is still answered when the broker stops
+    assert waiters[1].get(timeout=2) == "draining"
