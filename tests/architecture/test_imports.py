@@ -98,7 +98,12 @@ def test_the_model_imports_nothing_of_the_broker():
 
 
 def test_only_the_composition_root_knows_the_storage_backends():
-    backends = {"broker.storage.sqlite", "broker.storage.memory", "broker.storage.backends"}
+    backends = {
+        "broker.storage.sqlite",
+        "broker.storage.memory",
+        "broker.storage.valkey",
+        "broker.storage.backends",
+    }
     graph = import_graph()
     knowing = {module for module in graph if reachable(graph, module) & backends}
     assert knowing == {"broker.wiring", "broker.app", "broker.storage.backends"}

@@ -47,9 +47,17 @@ class BrokerSettings(GrokerSettings):
     )
     # Checked against storage/backends.py, the one place that knows the backends.
     store: str = Field(
-        "sqlite", description="sqlite: durable (the default); memory: lost on restart"
+        "sqlite",
+        description="sqlite: durable (the default); memory: lost on restart; valkey: durable,"
+        " in Valkey",
     )
     db_path: str = Field("groker.db", description="the SQLite file (on a volume in compose)")
+    valkey_url: str = Field(
+        "redis://valkey:6379/0", description="the Valkey server (with GROKER_STORE=valkey)"
+    )
+    valkey_prefix: str = Field(
+        "groker", description="hash tag of every Valkey key the broker keeps: {prefix}:..."
+    )
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL", description="FULL survives power loss; NORMAL only a process crash"
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from broker.wiring import build_broker
 from groker_common.http import HttpPool
 from groker_common.testing import launch_broker, serve, stop_process, wait_until
 from groker_common.webhooks import challenge_echo
+
+from .valkey_server import ValkeyProcess
 
 # In memory, fast timeouts, and loopback allowed: the sinks listen on 127.0.0.1.
 TEST_SETTINGS: dict[str, Any] = {
@@ -175,3 +178,51 @@ def running_brokers() -> Iterator[Callable[..., LiveBroker]]:
 def start_broker() -> Iterator[Callable[..., LiveBroker]]:
     with running_brokers() as start:
         yield start
+
+
+@pytest.fixture(scope="session")
+def valkey_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyProcess]:
+    """One real valkey-server for the session, started by the first test that needs it."""
+    server = ValkeyProcess(tmp_path_factory.mktemp("valkey"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def valkey_server(valkey_process: ValkeyProcess) -> ValkeyProcess:
+    """The session's valkey-server, running and empty."""
+    valkey_process.reset()
+    return valkey_process
+
+
+@contextmanager
+def fresh_durable_settings(
+    request: pytest.FixtureRequest, store: str, **overrides: Any
+) -> Iterator[BrokerSettings]:
+    """Settings over an empty durable store of the kind named: a new SQLite file, or the
+    session's valkey-server emptied (started only for a test that asks for valkey)."""
+    if store == "valkey":
+        server = request.getfixturevalue("valkey_process")
+        server.reset()
+        yield settings_for_tests(store="valkey", valkey_url=server.url, **overrides)
+    else:
+        with tempfile.TemporaryDirectory() as directory:
+            db_path = f"{directory}/groker.db"
+            yield settings_for_tests(store="sqlite", db_path=db_path, **overrides)
+
+
+@pytest.fixture(params=["sqlite", "valkey"])
+def durable_store(request: pytest.FixtureRequest) -> Iterator[BrokerSettings]:
+    """Each durable backend in turn, empty."""
+    with fresh_durable_settings(request, request.param, drain_timeout=1) as settings:
+        yield settings
+
+
+def store_environment(settings: BrokerSettings) -> dict[str, str]:
+    """The GROKER_* variables that give a live broker the store these settings name."""
+    return {
+        "GROKER_STORE": settings.store,
+        "GROKER_DB_PATH": settings.db_path,
+        "GROKER_VALKEY_URL": settings.valkey_url,
+    }

@@ -1,5 +1,6 @@
-"""The SQLite store: accepted messages and subscriptions survive the broker, writes are
-grouped, old messages are pruned, and a stopping broker keeps what it has not published."""
+"""The durable stores: accepted messages and subscriptions survive the broker (SQLite and
+Valkey both), writes are grouped, old messages are pruned, and a stopping broker keeps what
+it has not published. Valkey's own tests are in test_valkey_store.py."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from broker.wiring import build_broker
 from groker_common.http import HttpPool
 from groker_common.testing import wait_until, worker_pid
 
-from .conftest import settings_for_tests
+from .conftest import settings_for_tests, store_environment
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -32,9 +33,9 @@ def rows(settings: BrokerSettings, sql: str) -> list[tuple]:
         return conn.execute(sql).fetchall()
 
 
-def test_accepted_messages_and_subscriptions_survive_a_restart(durable, make_sink):
+def test_accepted_messages_and_subscriptions_survive_a_restart(durable_store, make_sink):
     sink = make_sink()
-    first = build_broker(durable)
+    first = build_broker(durable_store)
     first.start()
     subscriber, _ = first.subscribe(sink.url)
     first.unsubscribe(subscriber.id)
@@ -43,7 +44,7 @@ def test_accepted_messages_and_subscriptions_survive_a_restart(durable, make_sin
     messages = [first.publish({"n": n}) for n in range(5)]
     first.stop()
 
-    second = build_broker(durable)
+    second = build_broker(durable_store)
     second.start()
     try:
         assert [lane.subscriber.id for lane in second.registry.lanes()] == [kept.id]
@@ -114,10 +115,13 @@ def test_draining_answers_sync_waiters_and_keeps_their_messages(durable, make_si
         after.stop()
 
 
-def test_a_broker_killed_with_sigkill_loses_nothing_it_accepted(tmp_path, make_sink, start_broker):
-    """A real gunicorn+gevent broker, killed mid-stream and started again."""
+def test_a_broker_killed_with_sigkill_loses_nothing_it_accepted(
+    durable_store, make_sink, start_broker
+):
+    """A real gunicorn+gevent broker (monkey-patched, as deployed), killed mid-stream and
+    started again."""
     http = HttpPool()
-    durable = {"GROKER_STORE": "sqlite", "GROKER_DB_PATH": str(tmp_path / "groker.db")}
+    durable = store_environment(durable_store)
     try:
         first = start_broker(**durable)
         accepted = []
@@ -141,7 +145,7 @@ def test_a_broker_killed_with_sigkill_loses_nothing_it_accepted(tmp_path, make_s
 
 
 def test_an_unknown_store_is_refused_at_start_with_the_known_ones_named():
-    with pytest.raises(ValueError, match="GROKER_STORE='nosuch': not one of sqlite, memory"):
+    with pytest.raises(ValueError, match="'nosuch': not one of sqlite, memory, valkey"):
         build_broker(settings_for_tests(store="nosuch"))
 
 

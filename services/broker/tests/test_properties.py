@@ -5,7 +5,6 @@ real receiver on loopback; every example gets a fresh broker."""
 from __future__ import annotations
 
 import json
-import tempfile
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -20,7 +19,7 @@ from broker.wiring import build_broker
 from groker_common.testing import serve, wait_until
 from groker_common.webhooks import challenge_echo
 
-from .conftest import settings_for_tests
+from .conftest import fresh_durable_settings, settings_for_tests
 
 SUBSCRIBERS = 3
 step = st.one_of(
@@ -128,17 +127,17 @@ keyed_step = st.one_of(
 )
 
 
+@pytest.mark.parametrize("store", ["sqlite", "valkey"])
 @given(steps=st.lists(keyed_step, max_size=20))
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 def test_any_interleaving_of_keyed_publishes_retries_and_restarts_makes_one_message_per_key(
-    steps,
+    store, request, steps
 ):
     """Publishes with idempotency keys, their retries (concurrent ones too: a retry may
     come while the first is still being written), the same key with another body, and
-    restarts of the broker on its SQLite file: one message per key, whatever the order."""
+    restarts of the broker on its durable store: one message per key, whatever the order."""
     receiver = Receiver()
-    with tempfile.TemporaryDirectory() as directory:
-        settings_ = settings_for_tests(store="sqlite", db_path=f"{directory}/g.db")
+    with fresh_durable_settings(request, store) as settings_:
         broker = build_broker(settings_)
         broker.start()
         broker.subscribe(receiver.url + "/hook/0/1")

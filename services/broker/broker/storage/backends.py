@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from broker.storage.base import Store
 from broker.storage.memory import MemoryStore
 from broker.storage.sqlite import SqliteStore
+from broker.storage.valkey import ValkeyStore
 
 if TYPE_CHECKING:
     from broker.settings import BrokerSettings
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 BACKENDS = {
     "sqlite": SqliteStore.from_settings,
     "memory": MemoryStore.from_settings,
+    "valkey": ValkeyStore.from_settings,
 }
 
 

@@ -1,10 +1,9 @@
 """The durable backend (the default): SQLite in WAL mode, behind a `QueueIndex` that
 serves the reads.
 
-Writes go to one writer thread (sqlite3 blocks, and would stall every greenlet if called
-from the hub) in batches: whatever accumulated while the previous commit ran is committed
-together, so concurrent publishes share one fsync (group commit). A publish is answered
-only after the batch holding its message has committed."""
+Writes go through `group_commit.GroupCommit`: one writer thread (sqlite3 blocks), batches
+that share one transaction and one fsync. A publish is answered only after the batch
+holding its message has committed."""
 
 from __future__ import annotations
 
@@ -17,12 +16,8 @@ from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import gevent
-import gevent.event
-from gevent.threadpool import ThreadPool
-
-from broker.errors import StoreError
 from broker.model import Message, Subscriber
+from broker.storage.group_commit import GroupCommit
 from broker.storage.index import QueueIndex, ServedFromIndex
 
 if TYPE_CHECKING:
@@ -77,6 +72,8 @@ PRUNE = (
     "DELETE FROM messages WHERE status = 'published' AND seq < (SELECT MAX(seq) FROM messages)"
     " AND (published_at < ? OR seq <= (SELECT MAX(seq) FROM messages) - ?)"
 )
+# One write: a statement and its parameters (a batch runs them in one transaction).
+Statement = tuple[str, tuple[Any, ...]]
 COLUMNS = (
     "seq, id, body, headers, mode, callback, accepted_at, status, published_at,"
     " delivered, failed, notified, idempotency_key, fingerprint"
@@ -98,22 +95,18 @@ class SqliteStore(ServedFromIndex):
         self._index = QueueIndex(retention_count, retention_seconds)
         self._retention_count = retention_count
         self._retention_seconds = retention_seconds
-        self._observe_write = observe_write
         self._path = path
         self._synchronous = synchronous
-        self._thread = ThreadPool(1)
         self._conn: sqlite3.Connection | None = None
-        self._pending: list[tuple[str, tuple[Any, ...]]] = []
-        self._pending_done = gevent.event.AsyncResult()
-        # The messages whose rows the pending batch inserts: its outcome decides theirs.
-        self._appended: list[Message] = []
-        self._wakeup = gevent.event.Event()
         self._subscriptions: list[Subscriber] = []
-        self._closed = False
-        self.batches = 0
-        self._thread.apply(self._open)
+        self._writer: GroupCommit[Statement] = GroupCommit(self._commit, self._index, observe_write)
+        self._writer.run(self._open)
         self._load()
-        self._flusher = gevent.spawn(self._flush_forever)
+
+    @property
+    def batches(self) -> int:
+        """Commits so far (the tests count them)."""
+        return self._writer.batches
 
     @classmethod
     def from_settings(
@@ -157,67 +150,36 @@ class SqliteStore(ServedFromIndex):
         assert self._conn is not None
         return self._conn.execute(sql, params).fetchall()
 
-    # --- group commit --------------------------------------------------------------------
-    def _submit(self, sql: str, params: tuple[Any, ...], wait: bool) -> None:
-        self._pending.append((sql, params))
-        done = self._pending_done
-        self._wakeup.set()
-        if wait:
-            try:
-                done.get()
-            except Exception as exc:
-                raise StoreError(str(exc)) from exc
+    def _release(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
-    def _flush_forever(self) -> None:
-        while not self._closed:
-            self._wakeup.wait()
-            self._wakeup.clear()
-            self._flush()
-
-    def _flush(self) -> None:
-        while self._pending:
-            ops, done, appended = self._pending, self._pending_done, self._appended
-            self._pending, self._pending_done = [], gevent.event.AsyncResult()
-            self._appended = []
-            began = time.perf_counter()
-            try:
-                self._thread.apply(self._commit, (ops,))
-            except Exception as exc:
-                log.error("store write of %d operations failed: %s", len(ops), exc)
-                # Here, not in the publishers' greenlets: one that is killed while it waits
-                # must not leave its message blocking the head of the queue.
-                for message in appended:
-                    self._index.forget(message)
-                done.set_exception(exc)
-            else:
-                for message in appended:
-                    self._index.committed(message)
-                self.batches += 1
-                if self._observe_write is not None:
-                    self._observe_write(time.perf_counter() - began)
-                done.set(None)
+    def _submit(
+        self, sql: str, params: tuple[Any, ...], wait: bool, appended: Message | None = None
+    ) -> None:
+        self._writer.submit((sql, params), wait, appended)
 
     # --- recovery --------------------------------------------------------------------------
     def _load(self) -> None:
-        rows = self._thread.apply(
-            self._query,
-            (f"SELECT {COLUMNS} FROM messages WHERE status = 'queued' ORDER BY seq",),
+        rows = self._writer.run(
+            self._query, f"SELECT {COLUMNS} FROM messages WHERE status = 'queued' ORDER BY seq"
         )
         for row in rows:
             self._index.append(_message(row))
-        recent = self._thread.apply(
+        recent = self._writer.run(
             self._query,
-            (f"SELECT {COLUMNS} FROM messages WHERE status = 'published' ORDER BY seq DESC"
-             " LIMIT ?", (self._retention_count,)),
-        )  # fmt: skip
+            f"SELECT {COLUMNS} FROM messages WHERE status = 'published' ORDER BY seq DESC LIMIT ?",
+            (self._retention_count,),
+        )
         for row in reversed(recent):
             self._index.remember_published(_message(row))
-        (last,) = self._thread.apply(self._query, ("SELECT COALESCE(MAX(seq), 0) FROM messages",))
+        (last,) = self._writer.run(self._query, "SELECT COALESCE(MAX(seq), 0) FROM messages")
         self._index.carry_on_from(last[0])
         self._subscriptions = [
             Subscriber(callback=cb, id=sid, created_at=at, secret=secret)
-            for sid, cb, at, secret in self._thread.apply(
-                self._query, ("SELECT id, callback, created_at, secret FROM subscriptions",)
+            for sid, cb, at, secret in self._writer.run(
+                self._query, "SELECT id, callback, created_at, secret FROM subscriptions"
             )
         ]
         if rows or recent or self._subscriptions:
@@ -235,7 +197,6 @@ class SqliteStore(ServedFromIndex):
         # handed out before the row is committed; the publisher hears back only then. A
         # failed write takes it out again: refused (503) means never published.
         self._index.append(message, committed=False)
-        self._appended.append(message)
         self._submit(
             INSERT_MESSAGE,
             (
@@ -250,6 +211,7 @@ class SqliteStore(ServedFromIndex):
                 message.fingerprint,
             ),
             wait=True,
+            appended=message,
         )
 
     def mark_published(self, message: Message) -> None:
@@ -287,16 +249,7 @@ class SqliteStore(ServedFromIndex):
 
     def close(self) -> None:
         """Commit what is pending (finishing a batch under way first), then close."""
-        if self._closed:
-            return
-        self._closed = True
-        self._wakeup.set()
-        self._flusher.join(timeout=30)
-        self._flush()
-        if self._conn is not None:
-            self._thread.apply(self._conn.close)
-            self._conn = None
-        self._thread.kill()
+        self._writer.close(release=self._release)
 
 
 def _message(row: tuple[Any, ...]) -> Message:
