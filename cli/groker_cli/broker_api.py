@@ -12,17 +12,13 @@ from typing import Any
 import click
 import requests
 
-from groker_common.retry_after import parse_retry_after
+from groker_cli.retrying import backoff, retry_wait
 
 # The exit codes, documented in `groker --help`. 2 is click's own, for usage errors.
 EXIT_BROKER_ERROR = 1
 EXIT_UNREACHABLE = 3
 EXIT_UNAUTHORIZED = 4
 EXIT_NOT_PUBLISHED_IN_TIME = 5
-
-# A busy broker asks publishers to come back later (503 or 429 with Retry-After); its hint
-# is honoured, but never with a wait longer than this.
-MAX_RETRY_WAIT = 30.0
 
 
 class BrokerError(click.ClickException):
@@ -60,19 +56,6 @@ def _reason(exc: requests.RequestException) -> str:
     return f"{type(exc).__name__}: {text[:200]}"
 
 
-def retry_after(response: requests.Response) -> float | None:
-    """Seconds to wait before publishing again, or None when this answer is not one to
-    retry. A 503 that names a message id (a sync publish cut short by the broker stopping)
-    means the message *was* accepted: sending it again would publish it twice."""
-    header = response.headers.get("Retry-After")
-    if response.status_code not in (429, 503) or header is None:
-        return None
-    answer = json_of(response)
-    if isinstance(answer, dict) and "id" in answer:
-        return None
-    return parse_retry_after(header, maximum=MAX_RETRY_WAIT)
-
-
 class BrokerApi:
     def __init__(self, url: str, token: str | None, timeout: float) -> None:
         self.url = url.rstrip("/")
@@ -86,7 +69,12 @@ class BrokerApi:
         self._session.close()
 
     def request(
-        self, method: str, path: str, payload: Any = None, read_timeout: float | None = None
+        self,
+        method: str,
+        path: str,
+        payload: Any = None,
+        read_timeout: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> requests.Response:
         """One HTTP call; a transport failure becomes `Unreachable`, an answer is returned
         whatever its status."""
@@ -96,6 +84,7 @@ class BrokerApi:
                 method,
                 self.url + path,
                 json=payload,
+                headers=headers,
                 timeout=(self.timeout, read_timeout),
                 allow_redirects=False,
             )
@@ -136,20 +125,35 @@ class BrokerApi:
     def publish(
         self,
         request: dict[str, Any],
+        key: str,
         read_timeout: float,
         retries: int,
-        on_retry: Callable[[float, int, requests.Response], None],
+        on_retry: Callable[[float, int, str], None],
     ) -> requests.Response:
-        """POST /messages, again after the broker's Retry-After while it is full or stopping
-        (at most `retries` times). Returns the last answer; the caller judges it."""
+        """POST /messages with `key` as its Idempotency-Key; again, with the same key and
+        body, after no answer or an answer worth retrying (`retrying.retry_wait`), at most
+        `retries` times. Returns the last answer (the caller judges it); raises
+        `Unreachable` if the last attempt got none."""
+        sync = request.get("mode") == "sync"
+        headers = {"Idempotency-Key": key}
         attempt = 0
         while True:
-            response = self.request("POST", "/messages", request, read_timeout)
-            wait = retry_after(response)
-            if wait is None or attempt >= retries:
-                return response
             attempt += 1
-            on_retry(wait, attempt, response)
+            try:
+                response = self.request("POST", "/messages", request, read_timeout, headers)
+            except Unreachable as exc:
+                # The broker may have taken the message before the connection broke: the
+                # key makes sending it again safe.
+                if attempt > retries:
+                    raise
+                wait, reason = backoff(attempt), exc.message
+            else:
+                answer_wait = retry_wait(response, sync, attempt)
+                if answer_wait is None or attempt > retries:
+                    return response
+                wait = answer_wait
+                reason = f"the broker answered HTTP {response.status_code} {describe(response)}"
+            on_retry(wait, attempt, reason)
             time.sleep(wait)
 
 

@@ -10,15 +10,21 @@ import click
 import requests
 
 from groker_cli.broker_api import (
-    MAX_RETRY_WAIT,
     BrokerApi,
     BrokerError,
     NotPublishedInTime,
-    describe,
     json_of,
 )
 from groker_cli.console import echo_json, warn
+from groker_cli.keys import (
+    LINE_SUFFIX_ROOM,
+    MAX_KEY_LENGTH,
+    check_key,
+    new_key,
+    raise_if_key_reused,
+)
 from groker_cli.options import seconds_option
+from groker_cli.retrying import FIRST_RETRY_WAIT, MAX_RETRY_WAIT
 
 # `publish -` shows a progress bar from this many lines on.
 PROGRESS_MIN_LINES = 50
@@ -71,16 +77,27 @@ class MessagePublisher:
         self._read_timeout = read_timeout
         self._retries = retries
 
-    def publish(self, text: str) -> None:
+    def publish(self, text: str, key: str) -> None:
+        """Publish one body with `key` as its Idempotency-Key (retries resend both)."""
         request = {**self._template, "body": parse_body(text)}
-        response = self._api.publish(request, self._read_timeout, self._retries, self._on_retry)
+        response = self._api.publish(
+            request, key, self._read_timeout, self._retries, self._on_retry
+        )
+        raise_if_key_reused(response, key)
         _raise_if_kept_unpublished(response)
-        echo_json(self._api.answer(response))
+        answer = self._api.answer(response)
+        if response.headers.get("Idempotent-Replayed") == "true":
+            message_id = answer.get("id") if isinstance(answer, dict) else None
+            warn(
+                f"replayed: the broker already had message {message_id} for "
+                f"Idempotency-Key {key}; nothing new was queued"
+            )
+        echo_json(answer)
 
-    def _on_retry(self, wait: float, attempt: int, response: requests.Response) -> None:
+    def _on_retry(self, wait: float, attempt: int, reason: str) -> None:
         warn(
-            f"the broker is busy (HTTP {response.status_code} {describe(response)}); "
-            f"publishing again in {wait:g} s ({attempt}/{self._retries})"
+            f"{reason}; publishing again with the same Idempotency-Key in {wait:g} s "
+            f"({attempt}/{self._retries})"
         )
 
 
@@ -117,9 +134,11 @@ def _stdin_lines() -> list[tuple[int, str]] | Iterator[tuple[int, str]]:
     return non_blank if interactive else list(non_blank)
 
 
-def _publish_stdin(publish_one: Callable[[str], None]) -> None:
+def _publish_stdin(publish_one: Callable[[str, str], None], key: str | None) -> None:
     """Each non-blank line of stdin as one message, in order; the first failure stops it,
-    its error naming the line."""
+    its error naming the line. Each line's Idempotency-Key is `key-<line number>`, so that
+    publishing the same input again with the same key publishes only what was not yet
+    (line numbers count blank lines too), or a fresh one per line without `key`."""
     lines = _stdin_lines()
     stderr = click.get_text_stream("stderr")
     show_bar = (
@@ -138,7 +157,7 @@ def _publish_stdin(publish_one: Callable[[str], None]) -> None:
     ) as numbered_lines:
         for line_number, text in numbered_lines:
             try:
-                publish_one(text)
+                publish_one(text, f"{key}-{line_number}" if key else new_key())
             except click.ClickException as exc:
                 raise type(exc)(f"stdin line {line_number}: {exc.message}") from None
 
@@ -172,13 +191,25 @@ def _publish_stdin(publish_one: Callable[[str], None]) -> None:
     show_envvar=True,
 )
 @click.option(
+    "--idempotency-key",
+    "key",
+    metavar="KEY",
+    callback=check_key,
+    help="The message's Idempotency-Key (by default a fresh UUID per message): publishing "
+    "again with the same KEY and the same message creates nothing new, and prints the first "
+    "answer; with another message it fails (exit 1). With `-`, line N is sent with KEY-N, "
+    "so a rerun of the same input publishes only the lines that were not yet.",
+)
+@click.option(
     "--retries",
     metavar="N",
     type=click.IntRange(0, 100),
     default=5,
     show_default=True,
-    help="How often to publish again when the broker is full or stopping "
-    f"(503/429 with Retry-After, waited out, {MAX_RETRY_WAIT:g} s at most each).",
+    help="How often to publish again, with the same Idempotency-Key and body, when the "
+    "broker cannot be reached or answers 503, 429, 409 or, with --sync, 504 (the retry "
+    f"waits on the same message again); waiting {FIRST_RETRY_WAIT:g} s, doubling, never "
+    f"less than the broker's Retry-After, {MAX_RETRY_WAIT:g} s at most.",
 )
 @click.pass_obj
 def publish(
@@ -188,6 +219,7 @@ def publish(
     callback: str | None,
     headers: dict[str, str],
     sync_timeout: float,
+    key: str | None,
     retries: int,
 ) -> None:
     """Publish BODY as one message, or with `-` each line of stdin as one message.
@@ -197,18 +229,30 @@ def publish(
     line per message: `{"id", "seq", "status": "queued"}`, or with --sync the outcome
     `{"id", "seq", "status": "published", "delivered", "failed", "published_at"}`.
 
+    Every message carries an Idempotency-Key, kept on every retry, so that a message the
+    broker took before its answer was lost is not queued again: the broker replays its
+    first answer instead, printed as usual, with a note on stderr.
+
     \b
     Examples:
       groker publish '{"order": 17, "total": 9.5}'
       groker publish --sync 'hello'
+      groker publish --idempotency-key order-17 '{"order": 17}'   # twice: one message
       seq 1 1000 | groker publish -
+      groker publish --idempotency-key import-7 - < orders.jsonl   # rerun after a failure
     """
     if sync and callback:
         raise click.UsageError("--callback is for async messages; --sync waits instead")
+    if body == "-" and key is not None and len(key) > MAX_KEY_LENGTH - LINE_SUFFIX_ROOM:
+        raise click.BadParameter(
+            f"with `-` at most {MAX_KEY_LENGTH - LINE_SUFFIX_ROOM} characters, "
+            "leaving room for -<line number>",
+            param_hint="'--idempotency-key'",
+        )
     read_timeout = api.timeout + sync_timeout if sync else api.timeout
     template = request_template(sync, callback, headers)
     publisher = MessagePublisher(api, template, read_timeout, retries)
     if body == "-":
-        _publish_stdin(publisher.publish)
+        _publish_stdin(publisher.publish, key)
     else:
-        publisher.publish(body)
+        publisher.publish(body, key or new_key())

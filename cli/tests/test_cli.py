@@ -23,6 +23,8 @@ from standardwebhooks.webhooks import Webhook
 from groker_cli.callback_url import default_callback_url
 from groker_cli.publish import parse_body
 from groker_cli.receiver import Receiver
+from groker_cli.retrying import backoff, retry_wait
+from groker_common.testing import free_port
 
 COMMANDS = ["publish", "subscribe", "stats", "subscriptions"]
 
@@ -81,7 +83,9 @@ def test_help_for_every_command(groker):
         result = groker.run(command, "--help")
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith(f"Usage: groker {command} "), result.stdout
-    assert "BODY|-" in groker.run("publish", "--help").stdout
+    publish_help = groker.run("publish", "--help").stdout
+    assert "BODY|-" in publish_help
+    assert "--idempotency-key KEY" in publish_help and "KEY-N" in publish_help
     assert "--callback-url" in groker.run("subscribe", "--help").stdout
 
 
@@ -90,6 +94,11 @@ def test_help_for_every_command(groker):
     [
         ["publish", "--sync", "--callback", "http://example.com/n", "x"],
         ["publish", "--header", "no-equals-sign", "x"],
+        ["publish", "--idempotency-key", "", "x"],
+        ["publish", "--idempotency-key", " padded", "x"],
+        ["publish", "--idempotency-key", "cl\u00e9", "x"],
+        ["publish", "--idempotency-key", "k" * 256, "x"],
+        ["publish", "--idempotency-key", "k" * 250, "-"],
         ["publish"],
         ["--broker", "localhost:8000", "stats"],
         ["--timeout", "0", "stats"],
@@ -221,7 +230,7 @@ def test_a_busy_broker_is_retried_after_its_retry_after(
 
     refused = groker.run("--broker", broker.url, "publish", "--retries", "1", "three")
     assert refused.returncode == 1
-    assert "publishing again in 1 s (1/1)" in refused.stderr
+    assert "publishing again with the same Idempotency-Key in 1 s (1/1)" in refused.stderr
     assert refused.stderr.splitlines()[-1].startswith("Error: the broker answered HTTP 503")
     assert broker.stats()["rejected_full"] == 2
 
@@ -238,14 +247,20 @@ def test_a_busy_broker_is_retried_after_its_retry_after(
     assert subscriber.bodies == ["one", "two", "four"]
 
 
-def test_a_sync_publish_not_published_in_time_exits_5(start_broker, groker):
+def test_a_sync_publish_not_published_in_time_waits_again_then_exits_5(start_broker, groker):
     broker = start_broker(GROKER_SYNC_TIMEOUT="1")  # and no subscriber: nothing is published
-    result = groker.run("--broker", broker.url, "publish", "--sync", "--sync-timeout", "1", "x")
+    result = groker.run(
+        "--broker", broker.url, "publish", "--sync", "--sync-timeout", "1", "--retries", "1", "x"
+    )
     assert result.returncode == 5, result
     answer = json.loads(result.stdout)
     assert answer["status"] == "queued"
-    assert_one_line_error(result, f"message {answer['id']} was not published within")
+    first, last = result.stderr.splitlines()
+    assert "HTTP 504" in first and "(1/1)" in first
+    assert f"message {answer['id']} was not published within" in last
     assert broker.get(f"/messages/{answer['id']}")["status"] == "queued"
+    # The retry waited on the same message: the broker replayed it, queued nothing new.
+    assert (broker.stats()["accepted"], broker.stats()["replayed"]) == (1, 1)
 
 
 def test_an_error_answer_exits_1_with_the_brokers_error(broker, groker):
@@ -254,6 +269,116 @@ def test_an_error_answer_exits_1_with_the_brokers_error(broker, groker):
     assert_one_line_error(result, "the broker answered HTTP 400", '"error": "invalid request"')
     assert result.stdout == ""
     assert broker.stats()["accepted"] == 0
+
+
+# --- publishing once: Idempotency-Key -----------------------------------------------------
+
+
+def test_a_publish_whose_answer_never_came_is_sent_again_with_the_same_key(start_broker, groker):
+    """The default key, seen through its effect: the broker holds the sync publish longer
+    than the CLI waits, so the CLI gives up on the answer and sends it again; the retry is
+    the same message (replayed), not a second one."""
+    broker = start_broker(GROKER_SYNC_TIMEOUT="3")  # and no subscriber: it is held 3 s
+    result = groker.run(
+        *("--broker", broker.url, "--timeout", "1"),
+        *("publish", "--sync", "--sync-timeout", "0.5", "--retries", "1", "x"),
+    )
+    assert result.returncode == 3, result
+    assert "no answer within 1.5 s; publishing again with the same Idempotency-Key" in (
+        result.stderr
+    )
+    stats = broker.stats()
+    assert (stats["accepted"], stats["replayed"]) == (1, 1)
+
+
+def test_each_message_gets_its_own_key_by_default(broker, groker):
+    result = groker.run("--broker", broker.url, "publish", "-", input="same\nsame\n")
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["seq"] for line in result.stdout.splitlines()] == [1, 2]
+    again = groker.run("--broker", broker.url, "publish", "same")
+    assert json.loads(again.stdout)["seq"] == 3 and "replayed" not in again.stderr
+    assert broker.stats()["replayed"] == 0
+
+
+def test_the_same_key_and_message_twice_is_one_message(broker, groker):
+    args = ("--broker", broker.url, "publish", "--idempotency-key", "order-17", '{"n": 17}')
+    first, second = groker.run(*args), groker.run(*args)
+    assert (first.returncode, second.returncode) == (0, 0), second.stderr
+    assert json.loads(second.stdout) == json.loads(first.stdout)
+    assert first.stderr == ""
+    assert second.stderr.startswith(
+        f"groker: replayed: the broker already had message {json.loads(first.stdout)['id']}"
+    )
+    assert (broker.stats()["accepted"], broker.stats()["replayed"]) == (1, 1)
+
+
+def test_the_same_key_with_another_message_exits_1_and_is_not_retried(broker, groker):
+    url = ("--broker", broker.url)
+    assert groker.run(*url, "publish", "--idempotency-key", "k-1", "one").returncode == 0
+    result = groker.run(*url, "publish", "--idempotency-key", "k-1", "two")
+    assert result.returncode == 1, result
+    assert_one_line_error(
+        result,
+        "Idempotency-Key k-1 was used before for another message",
+        "not retried: HTTP 422",
+        '"error": "idempotency key reused"',
+    )
+    assert result.stdout == ""
+    assert broker.stats()["accepted"] == 1
+
+
+def test_stdin_with_a_key_publishes_only_the_new_lines_when_run_again(broker, groker):
+    """Line N is sent with KEY-N: a rerun of the same input, grown by a line, publishes that
+    line only (blank lines count, so the numbers stay put)."""
+    args = ("--broker", broker.url, "publish", "--idempotency-key", "batch-7", "-")
+    first = groker.run(*args, input="a\n\nb\n")
+    assert first.returncode == 0, first.stderr
+    rerun = groker.run(*args, input="a\n\nb\nc\n")
+    assert rerun.returncode == 0, rerun.stderr
+    answers = [json.loads(line) for line in rerun.stdout.splitlines()]
+    assert answers[:2] == [json.loads(line) for line in first.stdout.splitlines()]
+    assert answers[2]["seq"] == 3
+    assert rerun.stderr.count("replayed") == 2
+    assert (broker.stats()["accepted"], broker.stats()["replayed"]) == (3, 2)
+
+
+def test_a_publish_is_retried_until_the_broker_comes_up(start_broker, groker):
+    port = free_port()
+    with groker.popen(
+        *("--broker", f"http://127.0.0.1:{port}", "publish", "hello"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as publisher:
+        assert publisher.stderr is not None
+        first_retry = publisher.stderr.readline()  # the broker is started only after it
+        broker = start_broker(port=port)
+        out, err = publisher.communicate(timeout=60)
+    assert publisher.returncode == 0, err
+    assert json.loads(out)["seq"] == 1
+    assert first_retry == (
+        f"groker: cannot reach the broker at http://127.0.0.1:{port}: connection refused; "
+        "publishing again with the same Idempotency-Key in 0.5 s (1/5)\n"
+    )
+    assert broker.stats()["accepted"] == 1
+
+
+def answer_with(status: int, headers: dict[str, str] | None = None) -> requests.Response:
+    response = requests.Response()
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def test_which_answers_are_retried_and_after_how_long():
+    assert [backoff(n) for n in range(1, 9)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    for status in (409, 429, 503):
+        assert retry_wait(answer_with(status), sync=False, attempt=1) == 0.5
+        assert retry_wait(answer_with(status, {"Retry-After": "3"}), False, 1) == 3
+        assert retry_wait(answer_with(status, {"Retry-After": "3"}), False, 4) == 4
+        assert retry_wait(answer_with(status, {"Retry-After": "999"}), False, 1) == 30
+    assert retry_wait(answer_with(504), sync=True, attempt=3) == 0  # the broker just waited
+    for status in (200, 202, 400, 401, 404, 422, 500, 504):
+        assert retry_wait(answer_with(status), sync=False, attempt=1) is None
 
 
 # --- subscribe --------------------------------------------------------------------------
@@ -442,8 +567,8 @@ def test_the_broker_url_comes_from_the_environment(broker, groker):
     [
         ["stats"],
         ["subscriptions"],
-        ["publish", "x"],
-        ["publish", "-"],
+        ["publish", "--retries", "0", "x"],
+        ["publish", "--retries", "0", "-"],
         ["subscribe", "--listen", "127.0.0.1:0", "--callback-url", "http://127.0.0.1:9/"],
     ],
     ids=lambda args: args[0],

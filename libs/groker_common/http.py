@@ -80,10 +80,14 @@ class HttpPool:
         payload: Any = None,
         timeout: float = 5.0,
         token: str | None = None,
+        extra_headers: dict[str, str] | None = None,
     ) -> tuple[int, Any, dict[str, str]]:
-        """JSON in and out (with a bearer token if given), and the answer's headers."""
+        """JSON in and out (with a bearer token if given, and `extra_headers`), and the
+        answer's headers."""
         body = b"" if payload is None else json.dumps(payload).encode()
         headers = JSON_HEADERS | {"Authorization": f"Bearer {token}"} if token else JSON_HEADERS
+        if extra_headers:
+            headers = headers | extra_headers
         status, raw, answer_headers = self._exchange(method, url, body, headers, timeout, True)
         try:
             return status, json.loads(raw) if raw else None, answer_headers

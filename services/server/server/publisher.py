@@ -1,4 +1,5 @@
-"""The publishing loop: a steady rate of messages, some sync and some async."""
+"""The publishing loop: a steady rate of messages, some sync and some async, each published
+(and retried) in its own greenlet so that a broker that is down or slow does not stall it."""
 
 from __future__ import annotations
 
@@ -6,18 +7,18 @@ import logging
 import random
 import socket
 import time
+import uuid
+from typing import Any
 
 import gevent
+import gevent.pool
 
 from groker_common.http import HttpPool
-from groker_common.retry_after import parse_retry_after
+from server.sending import Outgoing, Sender
 from server.settings import ServerSettings
 from server.stats import PublishStats
 
 log = logging.getLogger(__name__)
-
-# The longest pause a 503 with Retry-After makes the publishing loop take.
-MAX_BACKOFF = 60.0
 
 
 class Publisher:
@@ -29,10 +30,19 @@ class Publisher:
         self.rate = settings.rate
         self.sync_ratio = settings.sync_ratio
         self._source = socket.gethostname()
+        # Idempotency keys are `<run>-<n>`: unique to this run, the same on every attempt.
+        self._run_id = uuid.uuid4().hex
+        self._sender = Sender(settings, stats, http)
         self._greenlet: gevent.Greenlet | None = None
         self._stopping = gevent.event.Event()
         self._rate_changed = gevent.event.Event()
-        self._in_flight = gevent.pool.Group()  # sync publishes and polls still waiting
+        # Messages being published or retried. Bounded, so that a long outage holds the
+        # loop instead of piling up greenlets.
+        self._in_flight = gevent.pool.Pool(settings.max_in_flight)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
 
     def start(self) -> None:
         self._greenlet = gevent.spawn(self._run)
@@ -45,7 +55,7 @@ class Publisher:
         self._rate_changed.set()
 
     def stop(self) -> None:
-        """Publish no more; a publish under way finishes and gets its answer."""
+        """Publish no new messages; those under way (retries included) carry on."""
         self._stopping.set()
 
     def close(self) -> None:
@@ -65,11 +75,36 @@ class Publisher:
                 gevent.wait([self._stopping, self._rate_changed])
                 next_at = time.monotonic()
                 continue
+            # The broker's Retry-After (queue full, stopping) holds new messages too.
+            due = max(next_at, self._sender.quiet_until)
+            if self._stopping.wait(max(0.0, due - time.monotonic())) or not self._room():
+                break
             n += 1
-            mode = "sync" if random.random() < self.sync_ratio else "async"
-            backoff = self.publish_one(n, mode)
-            next_at = max(next_at + 1.0 / self.rate, time.monotonic() + backoff)
-            self._stopping.wait(max(0.0, next_at - time.monotonic()))
+            self._in_flight.spawn(self._sender.publish, self.outgoing(n))
+            # Catch up with a late wake-up, but never burst more than a second's worth
+            # after a long wait (an outage, a full in-flight pool).
+            next_at = max(due + 1.0 / self.rate, time.monotonic() - 1.0)
+
+    def _room(self) -> bool:
+        """Wait until another message may be in flight; False if stopping meanwhile."""
+        while self._in_flight.full():
+            if self._stopping.is_set():
+                return False
+            self._in_flight.wait_available(timeout=1)
+        return not self._stopping.is_set()
+
+    def outgoing(self, n: int) -> Outgoing:
+        """Message n, sync or async by the current ratio; counted as sent."""
+        mode = "sync" if random.random() < self.sync_ratio else "async"
+        sent_at = time.time()
+        payload: dict[str, Any] = {
+            "body": {"n": n, "sent_at": sent_at, "source": self._source},
+            "mode": mode,
+        }
+        if mode == "async":
+            payload["callback"] = self._settings.callback_url
+        self._stats.sent += 1
+        return Outgoing(n, mode, f"{self._run_id}-{n}", payload, sent_at)
 
     def _wait_for_broker(self) -> None:
         while not self._stopping.is_set():
@@ -81,69 +116,3 @@ class Publisher:
             except Exception as exc:
                 log.info("waiting for broker at %s: %s", self._url, exc)
             self._stopping.wait(1)
-
-    def publish_one(self, n: int, mode: str) -> float:
-        """Publish message n; returns how long to back off (the broker's Retry-After)."""
-        sent_at = time.time()
-        payload: dict = {"body": {"n": n, "sent_at": sent_at, "source": self._source}, "mode": mode}
-        if mode == "async":
-            payload["callback"] = self._settings.callback_url
-        self._stats.sent += 1
-        if mode == "sync":
-            # A sync publish holds its request open until published: do not hold the loop.
-            self._in_flight.spawn(self._send, payload, sent_at)
-            return 0.0
-        return self._send(payload, sent_at)
-
-    def _send(self, payload: dict, sent_at: float) -> float:
-        mode = payload["mode"]
-        try:
-            status, answer, headers = self._http.exchange_json(
-                "POST",
-                f"{self._url}/messages",
-                payload,
-                timeout=self._settings.sync_timeout + 5,
-                token=self._settings.publish_token,
-            )
-        except Exception as exc:
-            self._stats.errors += 1
-            log.warning("publish failed: %s", exc)
-            return 1.0
-        finally:
-            if mode == "sync":
-                waited = time.time() - sent_at
-                self._stats.max_sync_wait = max(self._stats.max_sync_wait, waited)
-        if isinstance(answer, dict) and "seq" in answer and status in (200, 202, 503, 504):
-            # Accepted. A sync publish answered 504 (timed out) or 503 (broker stopping)
-            # is still queued and will be published: find out when by polling.
-            self._stats.accepted_message(answer["id"], mode, sent_at)
-            if status == 200:
-                self._stats.confirm(answer["id"])
-            elif status != 202:
-                self._stats.sync_timeouts += status == 504
-                self._in_flight.spawn(self._poll_until_published, answer["id"])
-            return 0.0
-        if status == 503:
-            self._stats.rejected += 1
-            return parse_retry_after(headers.get("retry-after"), maximum=MAX_BACKOFF)
-        self._stats.errors += 1
-        log.warning("publish answered %s: %s", status, answer)
-        return 0.0
-
-    def _poll_until_published(self, message_id: str) -> None:
-        """A sync publish that timed out is still published later: find out by polling."""
-        while message_id in self._stats.pending:
-            gevent.sleep(1)
-            try:
-                status, answer = self._http.request_json(
-                    "GET",
-                    f"{self._url}/messages/{message_id}",
-                    timeout=5,
-                    token=self._settings.publish_token,
-                )
-            except Exception:
-                continue
-            if status == 200 and answer["status"] == "published":
-                self._stats.confirm(message_id)
-            elif status == 404:
-                return

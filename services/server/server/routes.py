@@ -50,7 +50,13 @@ def notification():
 def stats():
     publisher = _state().publisher
     answer = _stats().as_dict(with_ids=request.args.get("ids") == "1")
-    return {**answer, "rate": publisher.rate, "sync_ratio": publisher.sync_ratio}
+    # in_flight: messages being published or retried now (0 once everything settled)
+    return {
+        **answer,
+        "in_flight": publisher.in_flight,
+        "rate": publisher.rate,
+        "sync_ratio": publisher.sync_ratio,
+    }
 
 
 @api.put("/rate")

@@ -26,6 +26,10 @@ class PublishStats:
     errors: int = 0
     unknown_notifications: int = 0
     bad_signatures: int = 0
+    lost: int = 0  # messages never accepted: the retry budget ran out, or a 4xx refused them
+    duplicates: int = 0  # messages the broker answered with more than one distinct id
+    retries: int = 0  # attempts beyond each message's first
+    replayed: int = 0  # answers the broker replayed for an Idempotency-Key it had seen
     # id -> (mode, time sent) for messages accepted and not yet confirmed
     pending: dict[str, tuple[str, float]] = field(default_factory=dict)
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
@@ -55,12 +59,30 @@ class PublishStats:
             "mode",
         )
         yield gauge("groker_server_pending", "Accepted, not yet confirmed", len(self.pending))
-        yield counter("groker_server_rejected", "Publishes refused (queue full)", self.rejected)
-        yield counter("groker_server_errors", "Publishes that failed", self.errors)
+        yield counter(
+            "groker_server_rejected",
+            "Publish attempts refused for now (503 queue full or stopping, 429)",
+            self.rejected,
+        )
+        yield counter(
+            "groker_server_errors",
+            "Publish attempts without an answer, or a wrong one",
+            self.errors,
+        )
         yield counter(
             "groker_server_bad_signatures",
             "Notifications refused for their signature",
             self.bad_signatures,
+        )
+        yield counter("groker_server_lost", "Messages never accepted, given up", self.lost)
+        yield counter(
+            "groker_server_duplicates",
+            "Messages the broker answered with more than one id",
+            self.duplicates,
+        )
+        yield counter("groker_server_retries", "Publish attempts beyond the first", self.retries)
+        yield counter(
+            "groker_server_replayed", "Answers replayed for a known Idempotency-Key", self.replayed
         )
 
     def accepted_message(self, message_id: str, mode: str, sent_at: float) -> None:
@@ -103,6 +125,10 @@ class PublishStats:
             "errors": self.errors,
             "unknown_notifications": self.unknown_notifications,
             "bad_signatures": self.bad_signatures,
+            "lost": self.lost,
+            "duplicates": self.duplicates,
+            "retries": self.retries,
+            "replayed": self.replayed,
             "max_sync_wait_s": round(self.max_sync_wait, 3),
             "latency_ms": self._percentiles(),
         }

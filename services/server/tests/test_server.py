@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
 
 import gevent
 import pytest
+from gevent import socket
+from gevent.server import StreamServer
 
 from broker.app import create_app as create_broker
 from broker.settings import BrokerSettings
 from groker_common.http import HttpPool
 from groker_common.retry_after import parse_retry_after
 from groker_common.signatures import new_secret, sign
-from groker_common.testing import serve, serve_app_at_its_url, wait_until
-from groker_common.webhooks import challenge_echo
+from groker_common.testing import (
+    free_port,
+    launch_broker,
+    serve,
+    serve_app_at_its_url,
+    wait_until,
+    worker_pid,
+)
+from groker_common.webhooks import WebhookReceiver, challenge_echo
 from server.app import create_app
-from server.publisher import MAX_BACKOFF
+from server.sending import MAX_BACKOFF
 from server.settings import ServerSettings
 
 
@@ -89,6 +104,9 @@ def test_publishes_sync_and_async_and_confirms_both(stack, http):
         assert "groker_server_pending 0.0" in metrics
         assert f"groker_server_e2e_latency_seconds_count {float(answer['confirmed'])}" in metrics
         assert answer["errors"] == answer["unknown_notifications"] == 0
+        assert answer["lost"] == answer["duplicates"] == answer["retries"] == 0
+        for name in ("lost", "duplicates", "retries", "replayed"):
+            assert f"groker_server_{name}_total 0.0" in metrics
         assert answer["latency_ms"]["p50"] <= answer["latency_ms"]["p99"]
     finally:
         sink_server.stop(timeout=0)
@@ -169,3 +187,264 @@ def test_a_garbled_signature_on_a_notification_is_a_401_not_a_crash():
         assert app.extensions["groker"].stats.bad_signatures == 1
     finally:
         app.extensions["groker_on_exit"]()
+
+
+# --- retries with an Idempotency-Key ------------------------------------------------------
+
+
+class Sink:
+    """A subscriber on loopback taking every delivery once (repeats, by id, dropped), with
+    the shared receiver every groker subscriber uses; signatures are not its concern."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.receiver = WebhookReceiver(None, self.messages.append)
+        self.open = gevent.event.Event()  # cleared: deliveries are held, unanswered
+        self.open.set()
+        self.server, self.url = serve(self)
+
+    def __call__(self, environ, start_response):
+        raw = environ["wsgi.input"].read()
+        self.open.wait()
+        status, answer = self.receiver.handle(raw, {})
+        start_response(f"{status} Sink", [("Content-Type", "application/json")])
+        return [json.dumps(answer).encode()]
+
+    def numbers(self) -> Counter[int]:
+        """How often each message n of the load generator was delivered (distinct ids)."""
+        return Counter(m["body"]["n"] for m in self.messages)
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    sink = Sink()
+    yield sink
+    sink.server.stop(timeout=0)
+
+
+class Tap:
+    """Between the load generator and a real broker: passes every request on, records each
+    publish (its Idempotency-Key and body), and hangs up on the first `cut` publishes
+    without answering, after the broker took them: answers lost on their way back."""
+
+    def __init__(self, broker_url: str, cut: int) -> None:
+        self.publishes: list[tuple[str | None, Any]] = []
+        self._broker_url = broker_url
+        self._cut = cut
+        self._http = HttpPool()
+        self._server = StreamServer(("127.0.0.1", 0), self._handle)
+        self._server.start()
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+
+    def close(self) -> None:
+        self._server.stop(timeout=0)
+        self._http.close()
+
+    def _handle(self, sock, _address) -> None:
+        with sock, sock.makefile("rb") as reader:
+            request_line = reader.readline().decode()
+            if not request_line:
+                return
+            method, path, _ = request_line.split(" ", 2)
+            headers = {}
+            while line := reader.readline().decode().strip():
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            raw = reader.read(int(headers.get("content-length", 0)))
+            payload = json.loads(raw) if raw else None
+            key = headers.get("idempotency-key")
+            status, answer, answer_headers = self._http.exchange_json(
+                method,
+                self._broker_url + path,
+                payload,
+                timeout=60,
+                extra_headers={"Idempotency-Key": key} if key else None,
+            )
+            if (method, path) == ("POST", "/messages"):
+                self.publishes.append((key, payload))
+                if len(self.publishes) <= self._cut:
+                    return  # the broker has it; the publisher hears nothing
+            body = b"" if answer is None else json.dumps(answer).encode()
+            head = [f"HTTP/1.1 {status} Tapped", f"Content-Length: {len(body)}"]
+            head += ["Content-Type: application/json", "Connection: close"]
+            for name in ("retry-after", "idempotent-replayed", "location"):
+                if name in answer_headers:
+                    head.append(f"{name}: {answer_headers[name]}")
+            sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+
+
+def refused(port: int) -> bool:
+    """Nothing listens on the port any more."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def settled(app) -> bool:
+    """Every message sent has its outcome: accepted and confirmed, or lost."""
+    state = app.extensions["groker"]
+    stats = state.stats
+    return (
+        state.publisher.in_flight == 0
+        and not stats.pending
+        and stats.accepted + stats.lost == stats.sent
+    )
+
+
+def test_a_publish_whose_answer_is_lost_is_retried_with_the_same_key_and_body(stack, http, sink):
+    broker = broker_app()
+    broker_url = start(stack, broker)
+    assert (
+        http.request_json("POST", f"{broker_url}/subscriptions", {"callback": sink.url})[0] == 201
+    )
+    cut = 4
+    tap = Tap(broker_url, cut)
+    try:
+        app, _ = start_server(stack, tap.url, rate=20, sync_ratio=0.5)
+        stats = app.extensions["groker"].stats
+        wait_until(lambda: stats.sent >= 12, what="a dozen messages")
+        app.extensions["groker"].publisher.stop()
+        wait_until(lambda: settled(app), timeout=15, what="every message settled")
+    finally:
+        tap.close()
+
+    keys = [key for key, _ in tap.publishes]
+    assert all(keys), tap.publishes
+    # One key per message, `<run>-<n>`, sent with the very same body on every attempt.
+    bodies: dict[str, Any] = {}
+    for key, payload in tap.publishes:
+        assert key is not None and key.rsplit("-", 1)[1] == str(payload["body"]["n"])
+        assert bodies.setdefault(key, payload) == payload, key
+    assert len({key.rsplit("-", 1)[0] for key in bodies}) == 1
+    assert len(bodies) == stats.sent
+    # Every answer cut off was asked for again, and the broker replayed what it had.
+    for key in keys[:cut]:
+        assert keys.count(key) >= 2, key
+    asked_before = [key in keys[:i] for i, key in enumerate(keys)]
+    assert stats.retries == sum(asked_before)
+    assert stats.replayed == sum(asked_before[cut:])
+    assert (stats.lost, stats.duplicates) == (0, 0)
+    assert http.request_json("GET", f"{broker_url}/stats")[1]["accepted"] == stats.sent
+    wait_until(lambda: len(sink.messages) == stats.sent, what="every message delivered")
+    assert sink.numbers() == Counter(range(1, stats.sent + 1))
+
+
+def test_a_refused_publish_is_lost_at_once_not_retried(stack):
+    broker_url = start(stack, broker_app(publish_tokens=["right"]))
+    app, _ = start_server(stack, broker_url, rate=20, publish_token="wrong")
+    stats = app.extensions["groker"].stats
+    wait_until(lambda: stats.lost >= 3, what="refused messages")
+    app.extensions["groker"].publisher.stop()
+    wait_until(lambda: settled(app), what="every message settled")
+    assert stats.lost == stats.sent and stats.accepted == stats.retries == 0
+
+
+def test_a_message_refused_past_the_retry_budget_is_lost(stack):
+    # No subscriber and room for one: the first is kept, every later one gets 503.
+    broker_url = start(stack, broker_app(max_queue_length=1))
+    app, _ = start_server(stack, broker_url, rate=5, sync_ratio=0, retry_seconds=2.5)
+    stats = app.extensions["groker"].stats
+    wait_until(lambda: stats.lost >= 1, timeout=10, what="a message given up")
+    # Retry-After is 1 s: attempts at 0, 1 and 2 s, and no sleep past the 2.5 s budget.
+    assert stats.accepted == 1 and stats.retries >= 2
+    answer = app.test_client().get("/stats").get_json()
+    assert answer["lost"] >= 1 and answer["duplicates"] == 0
+    metrics = app.test_client().get("/metrics").get_data(as_text=True)
+    assert f"groker_server_lost_total {float(stats.lost)}" in metrics
+
+
+def test_a_broker_that_is_down_holds_the_loop_at_the_in_flight_bound(stack):
+    tap = Tap(start(stack, broker_app()), cut=0)
+    try:
+        app, _ = start_server(stack, tap.url, rate=200, sync_ratio=0, max_in_flight=5)
+        state = app.extensions["groker"]
+        wait_until(lambda: state.stats.accepted >= 3, what="publishing")
+    finally:
+        tap.close()  # the broker unreachable, not draining: no 503 and Retry-After
+    # Connections refused, no Retry-After: only the bound holds the loop.
+    wait_until(lambda: state.publisher.in_flight == 5, what="the in-flight bound reached")
+    sent = state.stats.sent
+    gevent.sleep(0.5)  # 100 messages' time at this rate
+    assert state.stats.sent == sent
+    assert state.publisher.in_flight == 5 == sent - state.stats.accepted
+    assert state.stats.lost == 0 and state.stats.retries >= 5
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["TERM", "KILL"])
+def test_a_broker_restarted_under_load_loses_and_duplicates_nothing(
+    stack, http, sink, tmp_path: Path, stop_signal
+):
+    """A real gunicorn broker with its SQLite store, stopped (gracefully or killed) while
+    the load generator publishes sync and async, and started again on the same port."""
+    port = free_port()
+    settings = {
+        "GROKER_STORE": "sqlite",
+        "GROKER_DB_PATH": str(tmp_path / "groker.db"),
+        "GROKER_DRAIN_TIMEOUT": "10",
+        # A sync publish that races the drain waits this out before the broker can exit.
+        "GROKER_SYNC_TIMEOUT": "5",
+        "GUNICORN_KEEPALIVE": "1",  # a stopping worker waits out idle keep-alive connections
+    }
+
+    def launch():
+        process, url = launch_broker(port=port, **settings)
+
+        def ready() -> bool:
+            assert process.poll() is None, "the broker exited"
+            try:
+                return http.request_json("GET", f"{url}/readyz", timeout=1)[0] == 200
+            except OSError:
+                return False
+
+        wait_until(ready, timeout=30, what="the broker to start")
+        return process, url
+
+    first, broker_url = launch()
+    second = None
+    try:
+        subscribed = http.request_json(
+            "POST", f"{broker_url}/subscriptions", {"callback": sink.url}
+        )
+        assert subscribed[0] == 201, subscribed
+        app, _ = start_server(stack, broker_url, rate=40, sync_ratio=0.5, sync_timeout=5)
+        stats = app.extensions["groker"].stats
+        wait_until(lambda: stats.accepted >= 30, timeout=15, what="publishing")
+        # Sync publishers left waiting when the broker goes: their retries must get the
+        # same messages back (replayed), not queue them again.
+        sink.open.clear()
+        publisher = app.extensions["groker"].publisher
+        wait_until(lambda: publisher.in_flight >= 3, what="sync publishers waiting")
+        if stop_signal == signal.SIGKILL:
+            # The worker is the broker: killed with its master, so none takes its place.
+            worker = worker_pid(first.pid)
+            first.kill()
+            os.kill(worker, signal.SIGKILL)
+        else:
+            # Waiting sync publishers are answered 503 at once; the delivery under way
+            # then finishes within the drain (a subscriber hung past it would be dropped).
+            first.send_signal(stop_signal)
+            gevent.sleep(0.5)
+            sink.open.set()
+        wait_until(lambda: first.poll() is not None, timeout=40, what="the broker to stop")
+        wait_until(lambda: refused(port), what="the worker gone")
+        sink.open.set()
+        down_at = stats.sent
+        # Draining answers Retry-After 5: the loop may hold that long first.
+        wait_until(lambda: stats.sent >= down_at + 20, timeout=15, what="publishing on")
+        second, _ = launch()
+        accepted = stats.accepted
+        wait_until(lambda: stats.accepted >= accepted + 30, timeout=30, what="publishing again")
+        publisher.stop()
+        wait_until(lambda: settled(app), timeout=30, what="every message settled")
+        assert (stats.lost, stats.duplicates) == (0, 0)
+        assert stats.retries > 0 and stats.replayed > 0
+        wait_until(lambda: len(sink.messages) >= stats.sent, timeout=15, what="every delivery")
+        assert sink.numbers() == Counter(range(1, stats.sent + 1))
+    finally:
+        sink.open.set()
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                wait_until(lambda p=process: p.poll() is not None, timeout=40, what="a stop")
