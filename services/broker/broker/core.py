@@ -6,6 +6,7 @@ nothing behind it. It is built, with all its parts, by `wiring.build_broker`."""
 from __future__ import annotations
 
 import logging
+import socket
 import time
 import uuid
 from collections import Counter
@@ -39,6 +40,7 @@ from groker_common.http import HttpPool
 log = logging.getLogger(__name__)
 
 PRUNE_INTERVAL = 10.0
+REPLICA = socket.gethostname()
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,10 @@ class Broker:
         """Hold a sync publisher until its message is published (or we stop, or time out)."""
         if message.status == "published":
             return "published"
+        if self.draining:
+            # Accepted while the broker began to stop (its write or flow control held it
+            # past drain()): answered now like every other waiter, not at its timeout.
+            return "draining"
         reply = message.reply
         if not isinstance(reply, SyncReply) or reply.abandoned:
             # A retry (same idempotency key) of a sync publish from before a restart or a
@@ -256,6 +262,7 @@ class Broker:
             subscribers=len(lanes),
             lane_backlog={lane.subscriber.id: lane.backlog for lane in lanes},
             store=self.settings.store,
+            replica=REPLICA,
             draining=self.draining,
             counters=self.counters,
         )

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import cast
 
 import gevent
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response
 
 from broker.core import Broker
 from broker.operations import Documented, route
+from broker.routes import current_broker
 
 # Seconds between two events on a stream; the page's rate chart assumes about one a second.
 EVENT_INTERVAL = 1.0
@@ -25,10 +25,6 @@ RECONNECT_MS = 2000
 dashboard = Blueprint(
     "dashboard", __name__, static_folder="static", static_url_path="/dashboard/static"
 )
-
-
-def _broker() -> Broker:
-    return cast(Broker, current_app.extensions["groker"])
 
 
 def _event(broker: Broker) -> str:
@@ -54,7 +50,7 @@ def page() -> Response:
     replies={200: Documented("what the dashboard shows", schema={"type": "object"})},
 )
 def snapshot() -> dict:
-    return _broker().snapshot()
+    return current_broker().snapshot()
 
 
 @route(
@@ -69,7 +65,7 @@ def snapshot() -> dict:
     },
 )
 def events() -> Response:
-    broker = _broker()
+    broker = current_broker()
 
     def stream() -> Iterator[str]:
         yield f"retry: {RECONNECT_MS}\n"

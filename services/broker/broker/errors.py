@@ -5,7 +5,8 @@ ones a request can meet into answers; lanes.py catches the delivery ones.
     ├── Unavailable              cannot take it now; try again later (503 + Retry-After)
     │   ├── QueueFull            as many unpublished messages (or bytes) as allowed
     │   ├── Draining             shutting down
-    │   └── StoreError           a write could not be made durable
+    │   ├── StoreError           a write could not be made durable
+    │   └── Standby              another replica owns the queue (this one waits to take over)
     ├── RefusedDestination       a callback points where the broker will not call (403)
     ├── ChallengeFailed          a new callback did not echo the subscription challenge (422)
     ├── KeyReused                an idempotency key sent again with another request (422)
@@ -41,6 +42,13 @@ class Draining(Unavailable):
 
 class StoreError(Unavailable):
     """A write could not be made durable."""
+
+
+class Standby(Unavailable):
+    """This replica is a standby: another one owns the queue (the load balancer sends
+    requests to the owner; a standby takes over when the owner dies)."""
+
+    retry_after = 1
 
 
 class RefusedDestination(BrokerError):

@@ -171,6 +171,7 @@ class Stats:
     subscribers: int
     lane_backlog: dict[str, int]
     store: str
+    replica: str  # this process's host name (answers also say it: X-Groker-Replica)
     draining: bool
     counters: Counters
 

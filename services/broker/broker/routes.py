@@ -18,6 +18,7 @@ from broker.errors import (
     KeyReused,
     QueueFull,
     RefusedDestination,
+    Standby,
     StoreError,
 )
 from broker.operations import Documented, route
@@ -36,8 +37,12 @@ api = Blueprint("api", __name__)
 Model = TypeVar("Model", bound=BaseModel)
 
 
-def _broker() -> Broker:
-    return cast(Broker, current_app.extensions["groker"])
+def current_broker() -> Broker:
+    """This replica's broker; a standby has none yet (503, see `_standby`)."""
+    broker = current_app.extensions.get("groker")
+    if broker is None:
+        raise Standby()
+    return cast(Broker, broker)
 
 
 def _parse(model: type[Model]) -> Model:
@@ -61,6 +66,16 @@ def _draining(_exc: Draining):
 @api.errorhandler(StoreError)
 def _store_failed(exc: StoreError):
     return error(503, "store unavailable", str(exc), Retry_After=str(StoreError.retry_after))
+
+
+@api.app_errorhandler(Standby)
+def _standby(_exc: Standby):
+    return error(
+        503,
+        "standby",
+        "another broker replica owns the queue; this one takes over if it stops",
+        Retry_After=str(Standby.retry_after),
+    )
 
 
 @api.errorhandler(RefusedDestination)
@@ -118,7 +133,7 @@ def _invalid(exc: ValidationError):
     errors=(400, 403, 409, 413, 415, 422, 503),
 )
 def publish():
-    broker = _broker()
+    broker = current_broker()
     key = request.headers.get("Idempotency-Key")
     if key is not None:
         key = PublishHeaders.model_validate({"Idempotency-Key": key}).idempotency_key
@@ -155,7 +170,7 @@ def publish():
     errors=(404,),
 )
 def get_message(message_id: str):
-    message = _broker().message(message_id)
+    message = current_broker().message(message_id)
     if message is None:
         return error(404, "not found", f"no message {message_id!r} (unknown or pruned)")
     return MessageStatus.of(message).body()
@@ -175,7 +190,7 @@ def get_message(message_id: str):
 )
 def subscribe():
     req = _parse(SubscribeRequest)
-    subscriber, created = _broker().subscribe(req.callback)
+    subscriber, created = current_broker().subscribe(req.callback)
     location = f"/subscriptions/{subscriber.id}"
     return NewSubscription.of(subscriber).body(), 201 if created else 200, {"Location": location}
 
@@ -188,7 +203,7 @@ def subscribe():
     replies={200: Documented("current subscriptions", SubscriptionList)},
 )
 def list_subscriptions():
-    listed = [Subscription.of(s) for s in _broker().subscriptions()]
+    listed = [Subscription.of(s) for s in current_broker().subscriptions()]
     return SubscriptionList(subscriptions=listed).body()
 
 
@@ -201,7 +216,7 @@ def list_subscriptions():
     errors=(404,),
 )
 def get_subscription(subscriber_id: str):
-    subscriber = _broker().subscription(subscriber_id)
+    subscriber = current_broker().subscription(subscriber_id)
     if subscriber is None:
         return error(404, "not found", f"no subscription {subscriber_id!r}")
     return Subscription.of(subscriber).body()
@@ -216,7 +231,7 @@ def get_subscription(subscriber_id: str):
     errors=(404,),
 )
 def unsubscribe(subscriber_id: str):
-    if not _broker().unsubscribe(subscriber_id):
+    if not current_broker().unsubscribe(subscriber_id):
         return error(404, "not found", f"no subscription {subscriber_id!r}")
     return "", 204
 
@@ -228,4 +243,4 @@ def unsubscribe(subscriber_id: str):
     replies={200: Documented("counters", schema={"type": "object"})},
 )
 def stats():
-    return _broker().stats().as_dict()
+    return current_broker().stats().as_dict()

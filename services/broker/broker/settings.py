@@ -51,6 +51,12 @@ class BrokerSettings(GrokerSettings):
         description="sqlite: durable (the default); memory: lost on restart; valkey: durable,"
         " in Valkey",
     )
+    lease_seconds: float = Field(
+        5.0,
+        ge=1,
+        description="with the valkey store: the ownership lease; a standby replica takes over"
+        " within it when the owner dies",
+    )
     db_path: str = Field("groker.db", description="the SQLite file (on a volume in compose)")
     valkey_url: str = Field(
         "redis://valkey:6379/0", description="the Valkey server (with GROKER_STORE=valkey)"

@@ -24,12 +24,15 @@ def build_broker(
     settings: BrokerSettings | None = None,
     store: Store | None = None,
     http: HttpPool | None = None,
+    metrics: BrokerMetrics | None = None,
+    owner_token: str | None = None,
 ) -> Broker:
-    """A broker ready to `start()`, over the store the settings name (or `store`)."""
+    """A broker ready to `start()`, over the store the settings name (or `store`); over a
+    shared store, writing only while `owner_token` owns it."""
     settings = settings or BrokerSettings()
     counters = Counters()
-    metrics = BrokerMetrics()
-    store = store or open_store(settings, metrics.store_write.observe)
+    metrics = metrics or BrokerMetrics()
+    store = store or open_store(settings, metrics.store_write.observe, owner_token)
     http = http or HttpPool()
     guard = CallbackGuard(settings.allowed_networks)
     notifier = CallbackNotifier(

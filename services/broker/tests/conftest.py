@@ -151,15 +151,18 @@ def running_brokers() -> Iterator[Callable[..., LiveBroker]]:
     started: list[LiveBroker] = []
     http = HttpPool()
 
-    def start(**env: str) -> LiveBroker:
+    def start(standby: bool = False, **env: str) -> LiveBroker:
+        """`standby`: a replica that does not own the queue, so never ready: wait until
+        it answers at all (/healthz)."""
         process, url = launch_broker(**env)
         broker = LiveBroker(process, url)
         started.append(broker)
+        probe = f"{url}/healthz" if standby else f"{url}/readyz"
 
         def ready() -> bool:
             assert process.poll() is None, f"the broker exited with {process.returncode}"
             try:
-                return http.request_json("GET", f"{url}/readyz", timeout=1)[0] == 200
+                return http.request_json("GET", probe, timeout=1)[0] == 200
             except OSError:
                 return False
 

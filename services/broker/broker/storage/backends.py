@@ -23,9 +23,16 @@ BACKENDS = {
 
 
 def open_store(
-    settings: BrokerSettings, observe_write: Callable[[float], None] | None = None
+    settings: BrokerSettings,
+    observe_write: Callable[[float], None] | None = None,
+    owner_token: str | None = None,
 ) -> Store:
-    """Open the backend the settings name; `observe_write` times each durable write."""
+    """Open the backend the settings name; `observe_write` times each durable write, and
+    a shared store writes only while `owner_token` owns it (replica.py)."""
     if settings.store not in BACKENDS:
         raise ValueError(f"GROKER_STORE={settings.store!r}: not one of {', '.join(BACKENDS)}")
+    if owner_token is not None:
+        return BACKENDS[settings.store](
+            settings, observe_write=observe_write, owner_token=owner_token
+        )
     return BACKENDS[settings.store](settings, observe_write=observe_write)

@@ -161,13 +161,17 @@ class ValkeyStore(ServedFromIndex):
 
     @classmethod
     def from_settings(
-        cls, settings: BrokerSettings, observe_write: Callable[[float], None] | None = None
+        cls,
+        settings: BrokerSettings,
+        observe_write: Callable[[float], None] | None = None,
+        owner_token: str | None = None,
     ) -> ValkeyStore:
         return cls(
             settings.valkey_url,
             settings.valkey_prefix,
             settings.retention_count,
             settings.retention_seconds,
+            owner_token=owner_token,
             observe_write=observe_write,
         )
 

@@ -1,0 +1,81 @@
+"""This broker process as one replica: the broker itself when it runs alone (the SQLite and
+memory stores), or, when replicas share one Valkey, the owner of the queue or a standby.
+
+Only the owner of the ownership lease (storage/lease.py) runs a broker; a standby answers
+/healthz but not /readyz, and its API answers 503 until it takes over. A replica that loses
+the lease stops at once (`on_lost`): its store can no longer write, and its lanes must not
+go on delivering next to the new owner's."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import gevent
+
+from broker.core import Broker
+from broker.storage.lease import OwnerLease
+
+log = logging.getLogger(__name__)
+
+
+class Replica:
+    def __init__(
+        self,
+        build: Callable[[str | None], Broker],
+        lease: OwnerLease | None,
+        on_active: Callable[[Broker], None],
+        on_lost: Callable[[], None],
+    ) -> None:
+        self._build = build  # a broker, fenced by the lease's token if there is one
+        self._lease = lease
+        self._on_active = on_active
+        self._on_lost = on_lost
+        self._owning: gevent.Greenlet | None = None
+        self._stopping = False
+        self.broker: Broker | None = None
+
+    def start(self) -> None:
+        """Alone: start the broker now. Over a shared store: wait for the lease meanwhile."""
+        if self._lease is None:
+            self._activate(None)
+        else:
+            self._owning = gevent.spawn(self._own, self._lease)
+
+    def _activate(self, token: str | None) -> None:
+        broker = self._build(token)
+        broker.start()
+        self.broker = broker
+        self._on_active(broker)
+
+    def _own(self, lease: OwnerLease) -> None:
+        lease.acquire()
+        self._activate(lease.token)
+        lease.keep()
+        if not self._stopping:
+            self._on_lost()
+
+    @property
+    def ready(self) -> bool:
+        return self.broker is not None and self.broker.ready and not self.broker.draining
+
+    @property
+    def role(self) -> str:
+        if self._lease is None:
+            return "alone"
+        return "owner" if self.broker is not None else "standby"
+
+    def drain(self) -> None:
+        self._stopping = True
+        if self.broker is not None:
+            self.broker.drain()
+
+    def stop(self) -> None:
+        """Stop the broker, then hand the lease over so that a standby takes over at once."""
+        self._stopping = True
+        if self._owning is not None:
+            self._owning.kill()
+        if self.broker is not None:
+            self.broker.stop()
+        if self._lease is not None:
+            self._lease.release()

@@ -1,0 +1,162 @@
+"""Broker replicas sharing one Valkey (a real valkey-server): one owns the queue, the others
+wait as standbys and take over when it stops, dies or is paused past its lease; a replica
+that lost the lease can no longer change the queue. Real gunicorn+gevent brokers where
+processes are killed and paused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import gevent
+
+from broker.replica import Replica
+from broker.storage.lease import OwnerLease
+from broker.wiring import build_broker
+from groker_common.http import HttpPool
+from groker_common.testing import wait_until, worker_pid
+
+from .conftest import settings_for_tests
+
+
+def test_one_owner_the_others_wait_and_a_release_hands_over_at_once(valkey_server):
+    first = OwnerLease(valkey_server.url, "groker", seconds=2)
+    second = OwnerLease(valkey_server.url, "groker", seconds=2)
+    assert first.try_acquire()
+    assert not second.try_acquire()
+    assert first.renew() and first.held()
+    first.release()
+    assert second.try_acquire()
+    assert not first.renew()  # what was released is not ours to extend
+    second.release()
+
+
+def test_a_lease_not_renewed_expires_and_another_takes_it(valkey_server):
+    owner = OwnerLease(valkey_server.url, "groker", seconds=1)
+    standby = OwnerLease(valkey_server.url, "groker", seconds=1)
+    assert owner.try_acquire()
+    began = time.monotonic()
+    standby.acquire()  # waits as a standby: the owner renews no more
+    assert 0.5 < time.monotonic() - began < 2.5
+    assert not owner.renew()
+
+
+def test_a_standby_takes_over_the_queue_when_the_owner_stops(valkey_server, make_sink):
+    settings = settings_for_tests(store="valkey", valkey_url=valkey_server.url, lease_seconds=2)
+    lost: list[str] = []
+    active: dict[str, object] = {}
+
+    def replica(name: str) -> Replica:
+        return Replica(
+            lambda token: build_broker(settings, owner_token=token),
+            OwnerLease(settings.valkey_url, settings.valkey_prefix, settings.lease_seconds),
+            on_active=lambda broker: active.__setitem__(name, broker),
+            on_lost=lambda: lost.append(name),
+        )
+
+    first, second = replica("first"), replica("second")
+    first.start()
+    wait_until(lambda: first.ready, what="the first replica to own the queue")
+    second.start()
+    gevent.sleep(1)
+    assert (first.role, second.role, second.ready) == ("owner", "standby", False)
+    message, _ = first.broker.publish_once("k", {"n": 1})
+    first.stop()  # hands the lease over
+    wait_until(lambda: second.ready, timeout=3, what="the standby to take over")
+    try:
+        assert second.broker.message(message.id).seq == message.seq
+        assert second.broker.publish_once("k", {"n": 1}) == (
+            second.broker.message(message.id),
+            True,
+        )
+        sink = make_sink()
+        second.broker.subscribe(sink.url)
+        assert second.broker.publish({"n": 2}).seq == message.seq + 1
+        assert not lost
+    finally:
+        second.stop()
+
+
+def test_a_killed_owner_is_replaced_within_its_lease_and_nothing_accepted_is_lost(
+    valkey_server, make_sink, start_broker
+):
+    http = HttpPool()
+    shared = {"GROKER_STORE": "valkey", "GROKER_VALKEY_URL": valkey_server.url,
+              "GROKER_LEASE_SECONDS": "2"}  # fmt: skip
+    try:
+        owner = start_broker(**shared)
+        standby = start_broker(standby=True, **shared)
+        sink = make_sink()
+        http.request_json("POST", f"{owner.url}/subscriptions", {"callback": sink.url})
+        accepted = [http.request_json("POST", f"{owner.url}/messages", {"body": n})[1]
+                    for n in range(20)]  # fmt: skip
+        wait_until(lambda: len(sink.received) == 20, what="the first 20 delivered")
+        status, answer, headers = http.exchange_json(
+            "POST", f"{standby.url}/messages", {"body": "refused"}
+        )
+        assert (status, answer["error"]) == (503, "standby")
+        assert headers["retry-after"] == "1" and headers["x-groker-replica"]
+        assert http.request_json("GET", f"{standby.url}/readyz")[0] == 503
+
+        owner.process.send_signal(signal.SIGKILL)
+        began = time.monotonic()
+        wait_until(
+            lambda: http.request_json("GET", f"{standby.url}/readyz")[0] == 200,
+            timeout=10,
+            what="the standby to take over",
+        )
+        took = time.monotonic() - began
+        assert took < 2 + 2  # the lease, and the standby's polling, at most
+        after = [http.request_json("POST", f"{standby.url}/messages", {"body": n})[1]
+                 for n in range(20, 25)]  # fmt: skip
+        assert [a["seq"] for a in after] == list(range(21, 26))
+        wait_until(lambda: len({m["id"] for m in sink.received}) == 25, what="all 25 delivered")
+        seqs = [m["seq"] for m in sink.received]
+        assert sorted(set(seqs)) == [a["seq"] for a in accepted + after]
+        assert seqs == sorted(seqs)  # in order, a repeat at most where the owner died
+        stats = http.request_json("GET", f"{standby.url}/stats")[1]
+        assert (stats["store"], stats["subscribers"]) == ("valkey", 1)
+    finally:
+        http.close()
+
+
+def test_an_owner_paused_past_its_lease_stops_and_comes_back_as_a_standby(
+    valkey_server, make_sink, start_broker
+):
+    """SIGSTOP the owner's worker longer than its lease: the standby takes over; on SIGCONT
+    the old owner finds the lease gone, leaves (its worker exits) and gunicorn's new
+    worker waits as a standby. Its store could not have written meanwhile: fenced."""
+    http = HttpPool()
+    shared = {"GROKER_STORE": "valkey", "GROKER_VALKEY_URL": valkey_server.url,
+              "GROKER_LEASE_SECONDS": "1"}  # fmt: skip
+    try:
+        first = start_broker(**shared)
+        second = start_broker(standby=True, **shared)
+        paused = worker_pid(first.process.pid)
+        os.kill(paused, signal.SIGSTOP)
+        try:
+            wait_until(
+                lambda: http.request_json("GET", f"{second.url}/readyz")[0] == 200,
+                timeout=10,
+                what="the standby to take over",
+            )
+            status, answer = http.request_json("POST", f"{second.url}/messages", {"body": 1})
+            assert (status, answer["seq"]) == (202, 1)
+        finally:
+            os.kill(paused, signal.SIGCONT)
+
+        def replaced() -> bool:
+            try:
+                return worker_pid(first.process.pid) != paused
+            except RuntimeError:  # between the old worker's exit and the new one's start
+                return False
+
+        wait_until(replaced, timeout=10, what="the paused worker to leave")
+        gevent.sleep(1)
+        assert http.request_json("GET", f"{first.url}/readyz")[0] == 503  # a standby now
+        assert http.request_json("GET", f"{second.url}/readyz")[0] == 200
+        status, answer = http.request_json("POST", f"{second.url}/messages", {"body": 2})
+        assert (status, answer["seq"]) == (202, 2)
+    finally:
+        http.close()
