@@ -1,6 +1,6 @@
 """The durable stores: accepted messages and subscriptions survive the broker (SQLite and
 Valkey both), writes are grouped, old messages are pruned, and a stopping broker keeps what
-it has not published. Valkey's own tests are in test_valkey_store.py."""
+it has not published, on each durable store. Valkey's own tests: test_valkey_store.py."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import gevent
 import pytest
+import valkey
 
 from broker.errors import Draining
 from broker.settings import BrokerSettings
@@ -31,6 +32,21 @@ def durable(tmp_path) -> BrokerSettings:
 def rows(settings: BrokerSettings, sql: str) -> list[tuple]:
     with sqlite3.connect(settings.db_path) as conn:
         return conn.execute(sql).fetchall()
+
+
+def stored_seqs(settings: BrokerSettings) -> list[int]:
+    """The seqs of the messages the durable store keeps, read from the engine itself."""
+    if settings.store == "sqlite":
+        return [seq for (seq,) in rows(settings, "SELECT seq FROM messages ORDER BY seq")]
+    prefix = f"{{{settings.valkey_prefix}}}"
+    with valkey.Valkey.from_url(settings.valkey_url, decode_responses=True) as client:
+        kept = sorted(map(int, client.hkeys(f"{prefix}:messages")))
+        # Every kept message is either queued or published, once.
+        queued = client.zrange(f"{prefix}:queued", 0, -1)
+        published = client.zrange(f"{prefix}:published", 0, -1)
+        assert sorted(map(int, queued + published)) == kept
+        assert sorted(map(int, client.hkeys(f"{prefix}:outcomes"))) == sorted(map(int, published))
+        return kept
 
 
 def test_accepted_messages_and_subscriptions_survive_a_restart(durable_store, make_sink):
@@ -55,23 +71,21 @@ def test_accepted_messages_and_subscriptions_survive_a_restart(durable_store, ma
         second.stop()
 
 
-def test_concurrent_publishes_share_commits(durable):
-    broker = build_broker(durable)
+def test_concurrent_publishes_share_commits(durable_store):
+    broker = build_broker(durable_store)
     broker.start()
     try:
         publishers = [gevent.spawn(broker.publish, n) for n in range(300)]
         gevent.joinall(publishers, raise_error=True)
         batches = broker.store.batches
-        assert rows(durable, "SELECT COUNT(*) FROM messages") == [(300,)]
         assert batches < 100, f"{batches} commits for 300 concurrent publishes"
-        seqs = [seq for (seq,) in rows(durable, "SELECT seq FROM messages ORDER BY seq")]
-        assert seqs == list(range(1, 301))
+        assert stored_seqs(durable_store) == list(range(1, 301))
     finally:
         broker.stop()
 
 
-def test_published_messages_are_pruned_but_seq_never_repeats(tmp_path, make_sink):
-    settings = settings_for_tests(store="sqlite", db_path=str(tmp_path / "g.db"), retention_count=3)
+def test_published_messages_are_pruned_but_seq_never_repeats(durable_store, make_sink):
+    settings = durable_store.model_copy(update={"retention_count": 3})
     broker = build_broker(settings)
     broker.start()
     sink = make_sink()
@@ -80,8 +94,7 @@ def test_published_messages_are_pruned_but_seq_never_repeats(tmp_path, make_sink
     wait_until(lambda: broker.stats().as_dict()["published"] == 10, what="publication")
     broker.store.prune()
     broker.stop()
-    remaining = [seq for (seq,) in rows(settings, "SELECT seq FROM messages ORDER BY seq")]
-    assert remaining == [8, 9, 10]  # the newest retention_count
+    assert stored_seqs(settings) == [8, 9, 10]  # the newest retention_count
     again = build_broker(settings)
     again.start()
     try:

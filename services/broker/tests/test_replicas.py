@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Any
 
 import gevent
 
@@ -18,6 +19,14 @@ from groker_common.http import HttpPool
 from groker_common.testing import wait_until, worker_pid
 
 from .conftest import settings_for_tests
+
+
+def owner_and_standby(valkey_server, start_broker, lease_seconds: int) -> tuple[Any, Any]:
+    """Two real gunicorn brokers on one Valkey: the first owns the queue when the second
+    starts, which waits as a standby."""
+    shared = {"GROKER_STORE": "valkey", "GROKER_VALKEY_URL": valkey_server.url,
+              "GROKER_LEASE_SECONDS": str(lease_seconds)}  # fmt: skip
+    return start_broker(**shared), start_broker(standby=True, **shared)
 
 
 def test_one_owner_the_others_wait_and_a_release_hands_over_at_once(valkey_server):
@@ -82,11 +91,8 @@ def test_a_killed_owner_is_replaced_within_its_lease_and_nothing_accepted_is_los
     valkey_server, make_sink, start_broker
 ):
     http = HttpPool()
-    shared = {"GROKER_STORE": "valkey", "GROKER_VALKEY_URL": valkey_server.url,
-              "GROKER_LEASE_SECONDS": "2"}  # fmt: skip
     try:
-        owner = start_broker(**shared)
-        standby = start_broker(standby=True, **shared)
+        owner, standby = owner_and_standby(valkey_server, start_broker, lease_seconds=2)
         sink = make_sink()
         http.request_json("POST", f"{owner.url}/subscriptions", {"callback": sink.url})
         accepted = [http.request_json("POST", f"{owner.url}/messages", {"body": n})[1]
@@ -128,11 +134,8 @@ def test_an_owner_paused_past_its_lease_stops_and_comes_back_as_a_standby(
     the old owner finds the lease gone, leaves (its worker exits) and gunicorn's new
     worker waits as a standby. Its store could not have written meanwhile: fenced."""
     http = HttpPool()
-    shared = {"GROKER_STORE": "valkey", "GROKER_VALKEY_URL": valkey_server.url,
-              "GROKER_LEASE_SECONDS": "1"}  # fmt: skip
     try:
-        first = start_broker(**shared)
-        second = start_broker(standby=True, **shared)
+        first, second = owner_and_standby(valkey_server, start_broker, lease_seconds=1)
         paused = worker_pid(first.process.pid)
         os.kill(paused, signal.SIGSTOP)
         try:
