@@ -70,9 +70,11 @@ class Publisher:
         next_at = time.monotonic()
         n = 0
         while not self._stopping.is_set():
-            if self.rate <= 0:
+            # Read once: PUT /rate may change it (to 0 too) while this loop waits below.
+            rate = self.rate
+            if rate <= 0:
                 self._rate_changed.clear()
-                gevent.wait([self._stopping, self._rate_changed])
+                gevent.wait([self._stopping, self._rate_changed], count=1)
                 next_at = time.monotonic()
                 continue
             # The broker's Retry-After (queue full, stopping) holds new messages too.
@@ -83,7 +85,7 @@ class Publisher:
             self._in_flight.spawn(self._sender.publish, self.outgoing(n))
             # Catch up with a late wake-up, but never burst more than a second's worth
             # after a long wait (an outage, a full in-flight pool).
-            next_at = max(due + 1.0 / self.rate, time.monotonic() - 1.0)
+            next_at = max(due + 1.0 / rate, time.monotonic() - 1.0)
 
     def _room(self) -> bool:
         """Wait until another message may be in flight; False if stopping meanwhile."""

@@ -152,6 +152,14 @@ def test_rate_can_be_changed_while_running(stack):
     sent = stats.sent
     gevent.sleep(0.2)
     assert stats.sent <= sent + 1
+    # Paused while the loop was waiting for its next message, it resumes when asked.
+    for _ in range(3):
+        client.put("/rate", json={"rate": 2})
+        gevent.sleep(0.1)
+        client.put("/rate", json={"rate": 0})
+    client.put("/rate", json={"rate": 100})
+    sent = stats.sent
+    wait_until(lambda: stats.sent >= sent + 5, timeout=15, what="publishing after the pauses")
 
 
 @pytest.mark.parametrize(
