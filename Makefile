@@ -4,10 +4,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint unit manifests e2e soak bench format clean
+.PHONY: run run-cluster test lint unit manifests e2e soak bench format clean
 
 run:
 	docker compose up --build --scale client=3
+
+# Cluster mode (README): two broker replicas over one Valkey, behind HAProxy on :8000.
+run-cluster:
+	docker compose -f docker-compose.yml -f docker-compose.cluster.yml up --build \
+		--scale broker=2 --scale client=3
 
 $(BIN)/.installed: requirements-dev.txt services/*/requirements.txt cli/pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -1,11 +1,12 @@
 """Every setting's default is stated once, in its service's settings class.
 
-docker-compose.yml and the manifests in k8s/ give a GROKER_* variable a value only where the
-deployment deliberately differs from that default (DEPLOYMENT_DIFFERENCES below). A value
-equal to the default would silently override a later change of the default in settings.py;
-one that differs without being listed is a default changed behind the settings' back. Compose
-may name a variable without a value: it is passed through from the shell or an .env file when
-set there and left unset otherwise, so the default applies."""
+docker-compose.yml (and its cluster override, docker-compose.cluster.yml) and the manifests in
+k8s/ give a GROKER_* variable a value only where the deployment deliberately differs from that
+default (DEPLOYMENT_DIFFERENCES below). A value equal to the default would silently override a
+later change of the default in settings.py; one that differs without being listed is a default
+changed behind the settings' back. Compose may name a variable without a value: it is passed
+through from the shell or an .env file when set there and left unset otherwise, so the default
+applies."""
 
 from __future__ import annotations
 
@@ -26,8 +27,11 @@ from server.settings import ServerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+# An override merged onto COMPOSE_FILE; each value it gives is checked like the base file's.
+CLUSTER_COMPOSE_FILE = ROOT / "docker-compose.cluster.yml"
+COMPOSE_FILES = [COMPOSE_FILE, CLUSTER_COMPOSE_FILE]
 K8S_FILES = sorted(p for p in (ROOT / "k8s").glob("*.y*ml") if p.stem != "kustomization")
-DEPLOYMENT_FILES = [COMPOSE_FILE, *K8S_FILES]
+DEPLOYMENT_FILES = [*COMPOSE_FILES, *K8S_FILES]
 
 SETTINGS: dict[str, type[GrokerSettings]] = {
     "broker": BrokerSettings,
@@ -51,6 +55,11 @@ DEPLOYMENT_DIFFERENCES = {
     ("broker", "GROKER_DB_PATH"),
     # Each client replica subscribes with its own pod IP (the Downward API's status.podIP).
     ("client", "GROKER_CALLBACK_URL"),
+    # Cluster mode: the replicas share the queue in Valkey, and everyone reaches the broker
+    # through the load balancer in front of them.
+    ("broker", "GROKER_STORE"),
+    ("server", "GROKER_BROKER_URL"),
+    ("client", "GROKER_BROKER_URL"),
 }
 
 # ${NAME:-default}, ${NAME-default} or ${NAME}, as compose interpolates them.
@@ -107,9 +116,26 @@ def parsed(settings_class: type[GrokerSettings], variable: str, value: str | Non
 # --- what the deployments give --------------------------------------------------------------
 
 
-def compose_environments() -> dict[str, dict[str, Any]]:
-    """Each compose service's environment, as it runs with nothing overridden."""
-    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+class ComposeLoader(yaml.SafeLoader):
+    """YAML with compose's merge tags (`!reset`, `!override`), read as their plain value."""
+
+
+for _tag in ("!reset", "!override"):
+    ComposeLoader.add_constructor(
+        _tag,
+        lambda loader, node: (
+            loader.construct_sequence(node)
+            if isinstance(node, yaml.SequenceNode)
+            else loader.construct_mapping(node)
+            if isinstance(node, yaml.MappingNode)
+            else loader.construct_scalar(node)
+        ),
+    )
+
+
+def compose_environments(path: Path) -> dict[str, dict[str, Any]]:
+    """Each compose service's environment as the file gives it, with nothing overridden."""
+    services = yaml.load(path.read_text(), Loader=ComposeLoader)["services"]
     environments = {}
     for service, definition in services.items():
         environment = definition.get("environment") or {}
@@ -139,7 +165,7 @@ def k8s_environments(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def environments(path: Path) -> dict[str, dict[str, Any]]:
-    return compose_environments() if path == COMPOSE_FILE else k8s_environments(path)
+    return compose_environments(path) if path in COMPOSE_FILES else k8s_environments(path)
 
 
 # --- the check ------------------------------------------------------------------------------
