@@ -21,6 +21,8 @@ from bench.common import (
     subscribe_all,
 )
 
+BATCH = 100  # messages per request in the batch run
+
 
 def baseline(seconds: int, warmup: int) -> dict[str, Any]:
     conf = BENCH / "gunicorn_baseline.conf.py"
@@ -92,4 +94,23 @@ def run(short: bool) -> dict[str, Any]:
                 if store == "sqlite":
                     # What a stored Idempotency-Key costs, against the run just above.
                     out["sqlite_keyed"] = measure(url, seconds, warmup, keyed=True)
+    # Accepting alone, one message per request against BATCH: no subscriber, so neither
+    # flow control (which paces publishers to the deliveries) nor deliveries share the core,
+    # and a queue bound the run cannot reach.
+    unbounded = {"GROKER_MAX_QUEUE_LENGTH": "100000000", "GROKER_MAX_QUEUE_BYTES": str(16 << 30)}
+    with broker("sqlite", **unbounded) as (url, _):
+        out["alone"] = accepting(url, seconds, warmup, "/messages", load.publish_body())
+        out["alone_batch"] = accepting(
+            url, seconds, warmup, "/messages/batch", load.batch_body(BATCH)
+        )
+        out["alone_batch"]["batch"] = BATCH
     return out
+
+
+def accepting(url: str, seconds: int, warmup: int, path: str, body: bytes) -> dict[str, Any]:
+    """Messages accepted per second, hammering `path` with `body` (nobody subscribed)."""
+    load.hammer(f"{url}{path}", warmup, body=body)
+    before = call("GET", f"{url}/stats")["accepted"]
+    result = load.hammer(f"{url}{path}", seconds, body=body)
+    accepted = call("GET", f"{url}/stats")["accepted"] - before
+    return {**result, "accepted": accepted, "rate": accepted / result["duration_s"]}

@@ -33,20 +33,37 @@ def publish_body(mode: str = "async") -> bytes:
     return json.dumps({"body": BODY, "mode": mode}).encode()
 
 
-def hammer(url: str, seconds: int, token: str | None = None, keyed: bool = False) -> dict[str, Any]:
-    """POST publish_body() to url for `seconds` from CONNECTIONS keep-alive connections
-    (`keyed`: each with an Idempotency-Key of its own). Returns requests, duration_s, rate,
-    non_2xx, socket_errors, p50_ms, p99_ms."""
+def batch_body(size: int) -> bytes:
+    """A POST /messages/batch body: `size` messages of the benchmarks' body."""
+    return json.dumps({"messages": [{"body": BODY}] * size}).encode()
+
+
+def hammer(
+    url: str,
+    seconds: int,
+    token: str | None = None,
+    keyed: bool = False,
+    body: bytes | None = None,
+) -> dict[str, Any]:
+    """POST `body` (publish_body() by default) to url for `seconds` from CONNECTIONS
+    keep-alive connections (`keyed`: each with an Idempotency-Key of its own). Returns
+    requests, duration_s, rate, non_2xx, socket_errors, p50_ms, p99_ms."""
     prefix = uuid.uuid4().hex if keyed else ""
-    result = _wrk(url, seconds, token, prefix) if WRK else _greenlets(url, seconds, token, prefix)
+    body = body or publish_body()
+    if WRK:
+        result = _wrk(url, seconds, token, prefix, body)
+    else:
+        result = _greenlets(url, seconds, token, prefix, body)
     result["rate"] = result["requests"] / result["duration_s"]
     return result
 
 
-def _wrk(url: str, seconds: int, token: str | None, key_prefix: str) -> dict[str, Any]:
+def _wrk(
+    url: str, seconds: int, token: str | None, key_prefix: str, payload: bytes
+) -> dict[str, Any]:
     assert WRK is not None
     with tempfile.NamedTemporaryFile(suffix=".json") as body:
-        body.write(publish_body())
+        body.write(payload)
         body.flush()
         env = {**os.environ, "BENCH_BODY_FILE": body.name, "BENCH_TOKEN": token or "",
                "BENCH_KEY_PREFIX": key_prefix}  # fmt: skip
@@ -70,10 +87,11 @@ def _wrk(url: str, seconds: int, token: str | None, key_prefix: str) -> dict[str
     return json.loads(line.removeprefix("WRK_JSON "))
 
 
-def _greenlets(url: str, seconds: int, token: str | None, key_prefix: str) -> dict[str, Any]:
+def _greenlets(
+    url: str, seconds: int, token: str | None, key_prefix: str, body: bytes
+) -> dict[str, Any]:
     pool = HttpPool(concurrency=CONNECTIONS)
     headers = _headers(token)
-    body = publish_body()
     latencies: list[float] = []
     counts = {"non_2xx": 0, "socket_errors": 0}
     deadline = time.monotonic() + seconds

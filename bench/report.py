@@ -27,6 +27,16 @@ def accept_rows(r: dict[str, Any]) -> list[Row]:
                  f"non-2xx {s['non_2xx']}")  # fmt: skip
         rows.append(("accept", f"{store} store, async publish", _num(s["rate"], "msg/s"),
                      _num(base, "msg/s"), f"{ratio(s['rate'], base):.2f}", notes))  # fmt: skip
+    if "alone_batch" in r:
+        batched, single = r["alone_batch"], r["alone"]
+        per_request = batched["rate"] / batched["batch"]
+        notes = (f"POST /messages/batch of {batched['batch']} ({per_request:,.0f} requests/s), "
+                 f"nobody subscribed; baseline: one message per request on the same broker "
+                 f"({single['rate'] / base:.2f} of the bare route); non-2xx "
+                 f"{batched['non_2xx']}")  # fmt: skip
+        rows.append(("accept", "sqlite, batches, accepting alone", _num(batched["rate"], "msg/s"),
+                     _num(single["rate"], "msg/s"), f"{ratio(batched['rate'], single['rate']):.2f}",
+                     notes))  # fmt: skip
     if "sqlite_keyed" in r:
         keyed, plain = r["sqlite_keyed"], r["sqlite"]
         notes = (f"baseline: the sqlite run above, without keys; replayed {keyed['replayed']}, "

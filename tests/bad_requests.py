@@ -115,6 +115,42 @@ BAD_INPUTS = [
         "invalid request",
     ),
     ("POST", "/messages", json.dumps({"body": 1, "headers": LONG_NAME}), J, 400, "invalid request"),
+    # Batches: nothing of a batch with one bad message is accepted.
+    ("POST", "/messages/batch", '{"messages": []}', J, 400, "invalid request"),
+    ("POST", "/messages/batch", '{"messages": {"body": 1}}', J, 400, "invalid request"),
+    (
+        "POST",
+        "/messages/batch",
+        '{"messages": [{"body": 1}, {"body": NaN}]}',
+        J,
+        400,
+        "invalid request",
+    ),
+    ("POST", "/messages/batch", '{"messages": [{"body": 1}, {"x": 1}]}', J, 400, "invalid request"),
+    (
+        "POST",
+        "/messages/batch",
+        json.dumps({"messages": [{"body": 1}] * 1001}),
+        J,
+        400,
+        "invalid request",
+    ),
+    (
+        "POST",
+        "/messages/batch",
+        '{"messages": [{"body": 1}], "mode": "sync", "callback": "http://h/"}',
+        J,
+        400,
+        "invalid request",
+    ),
+    (
+        "POST",
+        "/messages/batch",
+        '{"messages": [{"body": 1}]}',
+        "text/plain",
+        415,
+        "unsupported media type",
+    ),
 ]
 
 # Idempotency-Key headers that are refused: (key, raw body, expected status, expected error).

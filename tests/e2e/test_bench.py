@@ -24,7 +24,7 @@ def test_the_short_benchmarks_run_and_report_every_ratio():
     benchmarks = results["benchmarks"]
     assert set(benchmarks) >= {"accept", "fanout", "latency", "memory", "compose"}
     accept = benchmarks["accept"]
-    for store in ("memory", "sqlite", "sqlite_keyed"):
+    for store in ("memory", "sqlite", "sqlite_keyed", "alone", "alone_batch"):
         assert accept[store]["rate"] > 0 and accept[store]["non_2xx"] == 0
     # A key of its own on every request: each one stored, none answered as a repeat.
     assert accept["sqlite_keyed"]["replayed"] == 0

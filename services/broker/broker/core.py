@@ -22,6 +22,7 @@ from broker.guard import CallbackGuard
 from broker.metrics import BrokerMetrics
 from broker.model import (
     Counters,
+    Item,
     Message,
     Mode,
     Stats,
@@ -128,8 +129,8 @@ class Broker:
         callback: str | None = None,
     ) -> Message:
         """Accept a message onto the tail of the queue; returns once it is stored."""
-        message, _ = self._accept(body, mode, headers, callback, key=None)
-        return message
+        messages, _ = self._accept([(body, headers)], mode, callback, key=None, batch=False)
+        return messages[0]
 
     def publish_once(
         self,
@@ -142,56 +143,88 @@ class Broker:
         """Publish with an idempotency key (already scoped to the publisher): the same key
         with the same request, within `idempotency_seconds` and while the message is
         kept, returns the first message and True (replayed) instead of a new one."""
-        return self._accept(body, mode, headers, callback, key=key)
+        messages, replayed = self._accept([(body, headers)], mode, callback, key, batch=False)
+        return messages[0], replayed
+
+    def publish_batch(
+        self,
+        items: list[tuple[Any, dict[str, str] | None]],
+        mode: Mode = "async",
+        callback: str | None = None,
+        key: str | None = None,
+    ) -> tuple[list[Message], bool]:
+        """Accept (body, headers) items as messages of consecutive seqs, in the order given,
+        in one durable write: all of them or none. With a key, as `publish_once`, for the
+        whole batch."""
+        return self._accept(items, mode, callback, key, batch=True)
 
     def _accept(
         self,
-        body: Any,
+        items: list[tuple[Any, dict[str, str] | None]],
         mode: Mode,
-        headers: dict[str, str] | None,
         callback: str | None,
         key: str | None,
-    ) -> tuple[Message, bool]:
+        batch: bool,
+    ) -> tuple[list[Message], bool]:
         if self.draining:
             raise Draining()
         if callback is not None:
             self.guard.check(callback)
-        body_json = encode_body(body)
+        encoded: list[Item] = [(encode_body(body), headers or None) for body, headers in items]
         bound = None
         if key is not None:
-            bound = fingerprint(body_json, mode, headers or None, callback)
+            bound = fingerprint(encoded, mode, callback, batch)
             # No yield from here to the store's append: two requests with one key cannot
             # both miss the first.
-            first = self._first_with(key)
-            if first is not None:
-                if first.fingerprint != bound:
-                    raise KeyReused(key)
-                if not self.store.durable(first):
-                    raise KeyInUse(key)
-                self.counters.replayed += 1
-                return first, True
-        message = Message(
-            id=str(uuid.uuid4()),
-            seq=self.store.last_seq() + 1,
-            body_json=body_json,
-            mode=mode,
-            headers=headers or None,
-            callback=callback,
-            key=key,
-            fingerprint=bound,
-            reply=SyncReply() if mode == "sync" else self._callback_reply,
-        )
+            replayed = self._replay(key, bound, len(encoded))
+            if replayed is not None:
+                return replayed, True
+        last_seq = self.store.last_seq()
+        messages = [
+            Message(
+                id=str(uuid.uuid4()),
+                seq=last_seq + 1 + i,
+                body_json=body_json,
+                mode=mode,
+                headers=headers,
+                callback=callback,
+                # A batch's first message carries the key itself, so that a single publish
+                # with it (or another batch) is told apart by the fingerprint.
+                key=None if key is None else key if i == 0 else f"{key}#{i}",
+                fingerprint=bound,
+                reply=SyncReply() if mode == "sync" else self._callback_reply,
+            )
+            for i, (body_json, headers) in enumerate(encoded)
+        ]
         if (
-            self.store.unpublished() >= self.settings.max_queue_length
-            or self.store.unpublished_bytes() + message.size > self.settings.max_queue_bytes
+            self.store.unpublished() + len(messages) > self.settings.max_queue_length
+            or self.store.unpublished_bytes() + sum(m.size for m in messages)
+            > self.settings.max_queue_bytes
         ):
             self.counters.rejected_full += 1
             raise QueueFull()
-        self.store.append(message)
-        self.counters.accepted += 1
+        self.store.append_all(messages)
+        self.counters.accepted += len(messages)
         self._dispatcher.wake()
         self._dispatcher.wait_for_room(self.settings.flow_wait)
-        return message, False
+        return messages, False
+
+    def _replay(self, key: str, bound: str, count: int) -> list[Message] | None:
+        """The messages a key already stands for, if it was sent with this request before."""
+        first = self._first_with(key)
+        if first is None:
+            return None
+        if first.fingerprint != bound:
+            raise KeyReused(key)
+        if not self.store.durable(first):
+            raise KeyInUse(key)
+        kept = [first] + [self.store.by_key(f"{key}#{i}") for i in range(1, count)]
+        if any(message is None for message in kept):
+            # Retention took the newest of them before the first: cannot happen in seq order,
+            # but never answer with part of a batch.
+            raise KeyInUse(key)
+        self.counters.replayed += 1
+        return [m for m in kept if m is not None]
 
     def _first_with(self, key: str) -> Message | None:
         """The message a key is bound to, unless its window has passed."""
@@ -200,7 +233,17 @@ class Broker:
             return None
         return first
 
-    def wait_published(self, message: Message) -> WaitResult:
+    def wait_all_published(self, messages: list[Message]) -> WaitResult:
+        """Hold a sync publisher of a batch until all of it is published, within one sync
+        timeout for the whole batch."""
+        deadline = time.monotonic() + self.settings.sync_timeout
+        for message in messages:
+            outcome = self.wait_published(message, max(0.0, deadline - time.monotonic()))
+            if outcome != "published":
+                return outcome
+        return "published"
+
+    def wait_published(self, message: Message, timeout: float | None = None) -> WaitResult:
         """Hold a sync publisher until its message is published (or we stop, or time out)."""
         if message.status == "published":
             return "published"
@@ -215,7 +258,7 @@ class Broker:
             reply = message.reply = SyncReply()
         self._waiting[reply] += 1
         try:
-            reply.wait(self.settings.sync_timeout)
+            reply.wait(self.settings.sync_timeout if timeout is None else timeout)
         finally:
             self._waiting[reply] -= 1
             if self._waiting[reply] <= 0:

@@ -33,14 +33,20 @@ def encode_body(body: Any) -> JsonText:
     return JsonText(json.dumps(body, separators=(",", ":"), allow_nan=False))
 
 
-def fingerprint(
-    body_json: str, mode: Mode, headers: dict[str, str] | None, callback: str | None
-) -> str:
-    """What an idempotency key is bound to: the whole request, hashed. The body is its
-    encoded text, so the same values in the same order (whitespace aside) are the same."""
-    digest = hashlib.sha256(json.dumps([mode, sorted((headers or {}).items()), callback]).encode())
-    digest.update(b"\n")
-    digest.update(body_json.encode())
+# One message of a publish request: its body (as encoded JSON text) and its headers.
+Item = tuple[str, dict[str, str] | None]
+
+
+def fingerprint(items: list[Item], mode: Mode, callback: str | None, batch: bool) -> str:
+    """What an idempotency key is bound to: the whole request (one message, or a batch),
+    hashed. Bodies are their encoded text, so the same values in the same order (whitespace
+    aside) are the same."""
+    digest = hashlib.sha256(json.dumps([batch, len(items), mode, callback]).encode())
+    for body_json, headers in items:
+        digest.update(json.dumps(sorted((headers or {}).items())).encode())
+        digest.update(b"\n")
+        digest.update(body_json.encode())
+        digest.update(b"\n")
     return digest.hexdigest()
 
 

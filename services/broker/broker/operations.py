@@ -5,6 +5,7 @@ from it (openapi.py)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import wraps
@@ -43,6 +44,7 @@ class Operation:
 
 
 OPERATIONS: list[Operation] = []
+PATH_PARAMETER = re.compile(r"<(?:[^:>]+:)?([^>]+)>")
 
 
 def declare(operation: Operation) -> Operation:
@@ -67,13 +69,12 @@ def route(
     runs only for a caller whose token has it (and within the rate limit)."""
 
     def register(view: Callable[..., Any]) -> Callable[..., Any]:
-        parameters = tuple(
-            part[1:-1] for part in path.split("/") if part.startswith("<") and part.endswith(">")
-        )
+        # Flask's <name> or <converter:name> is OpenAPI's {name}.
+        parameters = tuple(PATH_PARAMETER.findall(path))
         declare(
             Operation(
                 method=method.lower(),
-                path=path.replace("<", "{").replace(">", "}"),
+                path=PATH_PARAMETER.sub(r"{\1}", path),
                 operation_id=operation_id or view.__name__,
                 replies=replies,
                 scope=scope,

@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import TypeVar, cast
 
 from flask import Blueprint, current_app, request
+from flask.blueprints import BlueprintSetupState
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import UnsupportedMediaType
+from werkzeug.routing import BaseConverter
 
 from broker.access import caller
 from broker.core import Broker
@@ -21,8 +23,11 @@ from broker.errors import (
     Standby,
     StoreError,
 )
+from broker.model import WaitResult
 from broker.operations import Documented, route
 from broker.schemas import (
+    BatchRequest,
+    BatchStatus,
     MessageStatus,
     NewSubscription,
     PublishHeaders,
@@ -34,6 +39,20 @@ from broker.schemas import (
 from groker_common.web import error
 
 api = Blueprint("api", __name__)
+
+
+class MessageId(BaseConverter):
+    """A message id: anything but `batch`, so that /messages/batch is the batch route only
+    (OPTIONS there must not advertise GET)."""
+
+    regex = r"(?!batch$)[^/]+"
+
+
+@api.record_once
+def _converters(state: BlueprintSetupState) -> None:
+    state.app.url_map.converters["message_id"] = MessageId
+
+
 Model = TypeVar("Model", bound=BaseModel)
 
 
@@ -134,37 +153,78 @@ def _invalid(exc: ValidationError):
 )
 def publish():
     broker = current_broker()
-    key = request.headers.get("Idempotency-Key")
-    if key is not None:
-        key = PublishHeaders.model_validate({"Idempotency-Key": key}).idempotency_key
+    key = _idempotency_key()
     req = _parse(PublishRequest)
     replayed = False
     if key is None:
         message = broker.publish(req.body, req.mode, req.headers, req.callback)
     else:
-        message, replayed = broker.publish_once(
-            f"{caller()}/{key}", req.body, req.mode, req.headers, req.callback
-        )
+        message, replayed = broker.publish_once(key, req.body, req.mode, req.headers, req.callback)
     # A plain f-string: url_for costs a few percent of this, the hottest route.
-    location = {"Location": f"/messages/{message.id}"}
+    headers = {"Location": f"/messages/{message.id}"}
     if replayed:
-        location["Idempotent-Replayed"] = "true"
+        headers["Idempotent-Replayed"] = "true"
     if req.mode == "async":
-        return MessageStatus.of(message).body(), 202, location
+        return MessageStatus.of(message).body(), 202, headers
     outcome = broker.wait_published(message)
-    answer = MessageStatus.of(message).body()
+    return MessageStatus.of(message).body(), *_sync_answer(outcome, headers)
+
+
+@route(
+    api,
+    "POST",
+    "/messages/batch",
+    scope="publish",
+    request=BatchRequest,
+    headers=PublishHeaders,
+    replies={
+        200: Documented("sync: every message published", BatchStatus),
+        202: Documented("async: every message queued", BatchStatus),
+        504: Documented("sync: not all published yet; all still queued", BatchStatus),
+    },
+    errors=(400, 403, 409, 413, 415, 422, 503),
+    operation_id="publish_batch",
+)
+def publish_batch():
+    broker = current_broker()
+    key = _idempotency_key()
+    req = _parse(BatchRequest)
+    limit = broker.settings.max_batch
+    if len(req.messages) > limit:
+        detail = [{"field": "messages", "message": f"at most {limit} messages in one batch"}]
+        return error(400, "invalid request", detail)
+    items = [(m.body, m.headers) for m in req.messages]
+    messages, replayed = broker.publish_batch(items, req.mode, req.callback, key)
+    headers = {"Idempotent-Replayed": "true"} if replayed else {}
+    if req.mode == "async":
+        return BatchStatus.of(messages).body(), 202, headers
+    outcome = broker.wait_all_published(messages)
+    return BatchStatus.of(messages).body(), *_sync_answer(outcome, headers)
+
+
+def _idempotency_key() -> str | None:
+    """The request's Idempotency-Key, checked, and scoped to the caller's token."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    checked = PublishHeaders.model_validate({"Idempotency-Key": key}).idempotency_key
+    return f"{caller()}/{checked}"
+
+
+def _sync_answer(outcome: WaitResult, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
+    """The status of a sync publisher's answer, and its headers."""
     if outcome == "published":
-        return answer, 200, location
+        return 200, headers
     if outcome == "draining":
-        # Accepted and stored: it is published after the restart; poll Location for it.
-        return answer, 503, location | {"Retry-After": str(Draining.retry_after)}
-    return answer, 504, location
+        # Accepted and stored: published after the restart; poll GET /messages/<id>.
+        return 503, headers | {"Retry-After": str(Draining.retry_after)}
+    return 504, headers
 
 
 @route(
     api,
     "GET",
-    "/messages/<message_id>",
+    "/messages/<message_id:message_id>",
     scope="publish",
     replies={200: Documented("the message's status", MessageStatus)},
     errors=(404,),

@@ -80,7 +80,20 @@ HeaderName = Annotated[StrictStr, StringConstraints(max_length=MAX_HEADER_NAME)]
 HeaderValue = Annotated[StrictStr, StringConstraints(max_length=MAX_HEADER_VALUE)]
 
 
-class PublishRequest(BaseModel):
+class MessageContent(BaseModel):
+    """One message as published: alone (PublishRequest) or in a batch (BatchRequest)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    body: StrictJson = Field(description="any JSON value, delivered as is")
+    headers: dict[HeaderName, HeaderValue] = Field(
+        default_factory=dict, max_length=MAX_HEADERS, description="kept and delivered as is"
+    )
+
+
+class PublishOptions(BaseModel):
+    """How a publisher hears of the outcome: in the answer (sync) or, async, at a callback."""
+
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
@@ -91,18 +104,27 @@ class PublishRequest(BaseModel):
         },
     )
 
-    body: StrictJson = Field(description="any JSON value, delivered as is")
     mode: Literal["sync", "async"] = "async"
-    callback: CallbackUrl | None = None
-    headers: dict[HeaderName, HeaderValue] = Field(
-        default_factory=dict, max_length=MAX_HEADERS, description="kept and delivered as is"
+    callback: CallbackUrl | None = Field(
+        None, description="async only: told when the message (each message) is published"
     )
 
     @model_validator(mode="after")
-    def _callback_is_for_async(self) -> PublishRequest:
+    def _callback_is_for_async(self) -> PublishOptions:
         if self.mode == "sync" and self.callback is not None:
             raise ValueError("callback is for async messages only")
         return self
+
+
+class PublishRequest(MessageContent, PublishOptions):
+    pass
+
+
+class BatchRequest(PublishOptions):
+    # At most GROKER_MAX_BATCH: checked where the settings are (the route).
+    messages: list[MessageContent] = Field(
+        min_length=1, description="published in this order, with consecutive seqs"
+    )
 
 
 MAX_IDEMPOTENCY_KEY = 255
@@ -168,6 +190,17 @@ class MessageStatus(Answer):
             failed=message.failed,
             published_at=message.published_at,
         )
+
+
+class BatchStatus(Answer):
+    messages: list[MessageStatus]
+
+    @classmethod
+    def of(cls, messages: list[Message]) -> BatchStatus:
+        return cls.model_construct(messages=[MessageStatus.of(m) for m in messages])
+
+    def body(self) -> dict[str, Any]:
+        return {"messages": [m.body() for m in self.messages]}
 
 
 class Subscription(Answer):

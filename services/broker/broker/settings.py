@@ -33,6 +33,7 @@ class BrokerSettings(GrokerSettings):
         1.0, ge=0, description="seconds a publisher is held at most by flow control"
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body")
+    max_batch: int = Field(1000, ge=1, description="messages in one POST /messages/batch at most")
     notify_attempts: int = Field(3, ge=1, description="attempts at one publisher notification")
     notify_timeout: float = Field(5.0, gt=0, description="seconds per notification attempt")
     retention_count: int = Field(10_000, ge=0, description="published messages kept for GET")

@@ -26,6 +26,7 @@ step = st.one_of(
     st.tuples(st.just("subscribe"), st.integers(0, SUBSCRIBERS - 1)),
     st.tuples(st.just("unsubscribe"), st.integers(0, SUBSCRIBERS - 1)),
     st.tuples(st.just("publish"), st.sampled_from(["sync", "async"])),
+    st.tuples(st.just("batch"), st.integers(1, 3)),
     st.tuples(st.just("fail"), st.integers(0, SUBSCRIBERS - 1)),
     st.tuples(st.just("recover"), st.integers(0, SUBSCRIBERS - 1)),
     st.tuples(st.just("pause"), st.just(0)),
@@ -94,6 +95,11 @@ def run(broker: Broker, receiver: Receiver, steps: list[tuple[str, Any]]) -> Non
             else:
                 message = broker.publish("a", callback=receiver.url + "/notify")
                 async_ids.append(message.id)
+        elif action == "batch":
+            messages, _ = broker.publish_batch(
+                [("b", None)] * arg, callback=receiver.url + "/notify"
+            )
+            async_ids.extend(m.id for m in messages)
         elif action == "fail":
             receiver.failing.add(arg)
         elif action == "recover":

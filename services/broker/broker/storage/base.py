@@ -24,6 +24,10 @@ class MessageStore(Protocol):
         """Put an accepted message at the tail of the queue; returns once it is durable.
         Raises StoreError when it cannot be made durable."""
 
+    def append_all(self, messages: list[Message]) -> None:
+        """Append messages of consecutive seqs (a batch) in one durable write: all of them
+        or, raising StoreError, none."""
+
     def head(self) -> Message | None:
         """The oldest message not yet taken for publication, without taking it."""
 

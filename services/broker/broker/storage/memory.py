@@ -25,6 +25,10 @@ class MemoryStore(ServedFromIndex):
     def append(self, message: Message) -> None:
         self._index.append(message)
 
+    def append_all(self, messages: list[Message]) -> None:
+        for message in messages:
+            self._index.append(message)
+
     def mark_published(self, message: Message) -> None:
         self._index.mark_published(message)
 

@@ -193,26 +193,31 @@ class SqliteStore(ServedFromIndex):
 
     # --- the Store interface (the reads: ServedFromIndex) ---------------------------------
     def append(self, message: Message) -> None:
+        self.append_all([message])
+
+    def append_all(self, messages: list[Message]) -> None:
         # In the in-memory queue at once, so that seq order and queue order agree, but not
-        # handed out before the row is committed; the publisher hears back only then. A
-        # failed write takes it out again: refused (503) means never published.
-        self._index.append(message, committed=False)
-        self._submit(
-            INSERT_MESSAGE,
-            (
-                message.seq,
-                message.id,
-                message.body_json,
-                json.dumps(message.headers or {}),
-                message.mode,
-                message.callback,
-                message.accepted_at,
-                message.key,
-                message.fingerprint,
-            ),
-            wait=True,
-            appended=message,
-        )
+        # handed out before the rows are committed; the publisher hears back only then. A
+        # failed write takes them out again: refused (503) means never published. Nothing
+        # yields between the submits, so they are all in one commit: whole or not at all.
+        for message in messages:
+            self._index.append(message, committed=False)
+            self._submit(
+                INSERT_MESSAGE,
+                (
+                    message.seq,
+                    message.id,
+                    message.body_json,
+                    json.dumps(message.headers or {}),
+                    message.mode,
+                    message.callback,
+                    message.accepted_at,
+                    message.key,
+                    message.fingerprint,
+                ),
+                wait=message is messages[-1],
+                appended=message,
+            )
 
     def mark_published(self, message: Message) -> None:
         self._index.mark_published(message)

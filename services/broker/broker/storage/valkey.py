@@ -247,10 +247,15 @@ class ValkeyStore(ServedFromIndex):
 
     # --- the Store interface (the reads: ServedFromIndex) ---------------------------------
     def append(self, message: Message) -> None:
+        self.append_all([message])
+
+    def append_all(self, messages: list[Message]) -> None:
         # As in SqliteStore: queued at once (seq order is queue order), handed out only once
-        # written, taken out again if the write fails.
-        self._index.append(message, committed=False)
-        self._writer.submit(("A", message.seq, _row(message)), wait=True, appended=message)
+        # written, taken out again if the write fails; all in one script call.
+        for message in messages:
+            self._index.append(message, committed=False)
+            op = ("A", message.seq, _row(message))
+            self._writer.submit(op, wait=message is messages[-1], appended=message)
 
     def mark_published(self, message: Message) -> None:
         self._index.mark_published(message)
