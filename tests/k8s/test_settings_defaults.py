@@ -1,12 +1,12 @@
 """Every setting's default is stated once, in its service's settings class.
 
 docker-compose.yml (and its cluster override, docker-compose.cluster.yml) and the manifests in
-k8s/ give a GROKER_* variable a value only where the deployment deliberately differs from that
-default (DEPLOYMENT_DIFFERENCES below). A value equal to the default would silently override a
-later change of the default in settings.py; one that differs without being listed is a default
-changed behind the settings' back. Compose may name a variable without a value: it is passed
-through from the shell or an .env file when set there and left unset otherwise, so the default
-applies."""
+k8s/ (each kustomization as rendered: the base and its overlays) give a GROKER_* variable a
+value only where the deployment deliberately differs from that default (DEPLOYMENT_DIFFERENCES
+below). A value equal to the default would silently override a later change of the default in
+settings.py; one that differs without being listed is a default changed behind the settings'
+back. Compose may name a variable without a value: it is passed through from the shell or an
+.env file when set there and left unset otherwise, so the default applies."""
 
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from pydantic import AliasChoices, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from broker.settings import BrokerSettings
 from client.settings import ClientSettings
 from groker_common.settings import GrokerSettings
+from k8s.deployments import build, load_compose
 from server.settings import ServerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,8 +30,9 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 # An override merged onto COMPOSE_FILE; each value it gives is checked like the base file's.
 CLUSTER_COMPOSE_FILE = ROOT / "docker-compose.cluster.yml"
 COMPOSE_FILES = [COMPOSE_FILE, CLUSTER_COMPOSE_FILE]
-K8S_FILES = sorted(p for p in (ROOT / "k8s").glob("*.y*ml") if p.stem != "kustomization")
-DEPLOYMENT_FILES = [*COMPOSE_FILES, *K8S_FILES]
+# Every kustomization in k8s/, rendered as `kubectl apply -k` would apply it.
+K8S_KUSTOMIZATIONS = sorted(p.parent for p in (ROOT / "k8s").rglob("kustomization.yaml"))
+DEPLOYMENT_FILES = [*COMPOSE_FILES, *K8S_KUSTOMIZATIONS]
 
 SETTINGS: dict[str, type[GrokerSettings]] = {
     "broker": BrokerSettings,
@@ -51,12 +52,12 @@ DEPLOYMENT_DIFFERENCES = {
     ("client", "GROKER_SECRETS_DIR"),
     # Callbacks may point into the deployment's own network: compose's subnet, the pod network.
     ("broker", "GROKER_ALLOWED_NETWORKS"),
-    # The SQLite file on the broker's persistent volume (k8s mounts it at /data).
+    # The SQLite file on the broker's persistent volume (the k8s base mounts it at /data).
     ("broker", "GROKER_DB_PATH"),
     # Each client replica subscribes with its own pod IP (the Downward API's status.podIP).
     ("client", "GROKER_CALLBACK_URL"),
-    # Cluster mode: the replicas share the queue in Valkey, and everyone reaches the broker
-    # through the load balancer in front of them.
+    # Cluster mode: the replicas share the queue in Valkey, and in compose everyone reaches the
+    # broker through the load balancer in front of them (in k8s, the broker Service does).
     ("broker", "GROKER_STORE"),
     ("server", "GROKER_BROKER_URL"),
     ("client", "GROKER_BROKER_URL"),
@@ -116,26 +117,9 @@ def parsed(settings_class: type[GrokerSettings], variable: str, value: str | Non
 # --- what the deployments give --------------------------------------------------------------
 
 
-class ComposeLoader(yaml.SafeLoader):
-    """YAML with compose's merge tags (`!reset`, `!override`), read as their plain value."""
-
-
-for _tag in ("!reset", "!override"):
-    ComposeLoader.add_constructor(
-        _tag,
-        lambda loader, node: (
-            loader.construct_sequence(node)
-            if isinstance(node, yaml.SequenceNode)
-            else loader.construct_mapping(node)
-            if isinstance(node, yaml.MappingNode)
-            else loader.construct_scalar(node)
-        ),
-    )
-
-
 def compose_environments(path: Path) -> dict[str, dict[str, Any]]:
     """Each compose service's environment as the file gives it, with nothing overridden."""
-    services = yaml.load(path.read_text(), Loader=ComposeLoader)["services"]
+    services = load_compose(path)["services"]
     environments = {}
     for service, definition in services.items():
         environment = definition.get("environment") or {}
@@ -152,11 +136,11 @@ def compose_environments(path: Path) -> dict[str, dict[str, Any]]:
     return environments
 
 
-def k8s_environments(path: Path) -> dict[str, dict[str, Any]]:
-    """Each container's environment, by container name, across the file's workloads."""
+def k8s_environments(kustomization: Path) -> dict[str, dict[str, Any]]:
+    """Each container's environment, by container name, across the rendered workloads."""
     environments: dict[str, dict[str, Any]] = {}
-    for document in yaml.safe_load_all(path.read_text()):
-        pod = (document or {}).get("spec", {}).get("template", {}).get("spec", {})
+    for document in build(kustomization):
+        pod = document.get("spec", {}).get("template", {}).get("spec", {})
         for container in pod.get("containers", []) + pod.get("initContainers", []):
             environment = environments.setdefault(container["name"], {})
             for entry in container.get("env", []):
