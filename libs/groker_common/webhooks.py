@@ -144,12 +144,23 @@ class WebhookReceiver:
         refusal = self._signature_refusal(raw, headers)
         if refusal is not None:
             return refusal
-        if not is_delivery(message):
+        # A subscriber that takes batches (max_batch > 1) gets arrays, in seq order.
+        batch = message if isinstance(message, list) else [message]
+        if not batch or not all(is_delivery(m) for m in batch):
             return error_answer(
-                400, "invalid delivery", "expected a JSON object with id, seq and body"
+                400,
+                "invalid delivery",
+                "expected a JSON object with id, seq and body, or a non-empty array of them",
             )
-        instead = self.before_taking(message) if self.before_taking else None
-        return instead if instead is not None else self._take(message)
+        for item in batch:
+            instead = self.before_taking(item) if self.before_taking else None
+            if instead is not None:
+                return instead
+        answers = [self._take(item) for item in batch]
+        if not isinstance(message, list):
+            return answers[0]
+        repeats = sum(1 for _, answer in answers if answer["duplicate"])
+        return 200, {"ok": True, "received": len(batch) - repeats, "duplicates": repeats}
 
     def _signature_refusal(self, raw: bytes, headers: Any) -> Answer | None:
         """None when the delivery may be taken; else the answer that refuses it. The secret

@@ -32,6 +32,8 @@ E2E_ENV = {
     "GROKER_FAULT_INJECTION": "1",
     # Enough for every message of the longest test, counted by number at each client.
     "GROKER_KEEP_RECENT": "20000",
+    # The clients take batch deliveries, so every system test exercises them.
+    "GROKER_MAX_BATCH": "10",
 }
 SYNC_TIMEOUT = float(E2E_ENV["GROKER_SYNC_TIMEOUT"])
 

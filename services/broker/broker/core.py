@@ -267,16 +267,19 @@ class Broker:
             return "published"
         return "draining" if reply.abandoned else "timeout"
 
-    def subscribe(self, callback: str) -> tuple[Subscriber, bool]:
+    def subscribe(
+        self, callback: str, max_batch: int = 1, max_wait_ms: int = 0
+    ) -> tuple[Subscriber, bool]:
         """Subscribe a callback the guard allows, once it has echoed our challenge; the same
-        callback again is the same subscription (False), not challenged again."""
+        callback again is the same subscription (False), not challenged again. With
+        `max_batch` above 1 it receives its messages in batches (see lanes.py)."""
         self.guard.check(callback)
         existing = self.registry.find(callback)
         if existing is not None:
             return existing, False
         if self.settings.verify_subscriptions:
             challenge_callback(self._http, callback, self.settings.attempt_timeout)
-        subscribed = self.registry.subscribe(callback)
+        subscribed = self.registry.subscribe(callback, max_batch, max_wait_ms)
         self._dispatcher.wake()
         return subscribed
 

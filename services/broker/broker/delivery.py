@@ -1,9 +1,11 @@
-"""One delivery: POST a message's payload to one subscriber, signed, with a few quick
-retries within the delivery timeout. Lanes (lanes.py) decide what to deliver and when."""
+"""One delivery: POST a message's payload (or a batch of them, as a JSON array) to one
+subscriber, signed, with a few quick retries within the delivery timeout. Lanes (lanes.py)
+decide what to deliver and when."""
 
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import gevent
 from prometheus_client import Histogram
@@ -25,6 +27,13 @@ DELIVERY_HEADERS = {"Content-Type": "application/json", "User-Agent": "groker"}
 RETRY_PAUSE = 0.05  # seconds before the first retry; tenacity backs off after that
 
 
+class Delivery(NamedTuple):
+    """What one POST carries: its webhook id (signed with it) and its body."""
+
+    id: str
+    payload: bytes
+
+
 class Courier:
     """Shared by every lane: the HTTP pool, the destination guard and the retry policy."""
 
@@ -43,19 +52,28 @@ class Courier:
         self._timeout = deadline / attempts
         self._latency = latency
 
-    def deliver(self, subscriber: Subscriber, message: Message) -> int:
-        """The subscriber's HTTP status (< 500 and not 410); raises Unreachable when every
-        attempt failed, Gone when the subscriber is not to be called again."""
+    def deliver(self, subscriber: Subscriber, messages: list[Message]) -> int:
+        """POST the messages (one, or a batch for a subscriber that takes batches), once
+        signed; the subscriber's HTTP status (< 500 and not 410). Raises Unreachable when
+        every attempt failed, Gone when the subscriber is not to be called again."""
         began = time.perf_counter()
-        status = self._attempt_all(subscriber, message, began)
+        if subscriber.max_batch == 1:
+            (message,) = messages
+            delivery = Delivery(message.id, message.payload)
+        else:
+            # One POST, one signature, one id for the batch: a retry of it is the same one.
+            payload = b"[" + b",".join(m.payload for m in messages) + b"]"
+            more = len(messages) - 1
+            delivery = Delivery(f"{messages[0].id}+{more}" if more else messages[0].id, payload)
+        status = self._attempt_all(subscriber, delivery, began)
         self._latency.observe(time.perf_counter() - began)
         return status
 
-    def _attempt_all(self, subscriber: Subscriber, message: Message, began: float) -> int:
+    def _attempt_all(self, subscriber: Subscriber, delivery: Delivery, began: float) -> int:
         """One attempt, and the retry machinery only when it fails: most deliveries succeed
         at once, and tenacity's bookkeeping costs more than the POST's own Python work."""
         try:
-            return self._post(subscriber, message)
+            return self._post(subscriber, delivery)
         except Unreachable:
             if self._attempts == 1:
                 raise
@@ -69,17 +87,17 @@ class Courier:
             sleep=gevent.sleep,
             reraise=True,
         )
-        return retrying(self._post, subscriber, message)
+        return retrying(self._post, subscriber, delivery)
 
-    def _post(self, subscriber: Subscriber, message: Message) -> int:
+    def _post(self, subscriber: Subscriber, delivery: Delivery) -> int:
         url = subscriber.callback
         try:
             self._guard.check(url)  # again at delivery time: DNS can change
         except RefusedDestination as exc:
             raise Gone(f"callback now refused: {exc}") from exc
-        headers = DELIVERY_HEADERS | sign(subscriber.secret, message.id, message.payload)
+        headers = DELIVERY_HEADERS | sign(subscriber.secret, delivery.id, delivery.payload)
         try:
-            status, _ = self._http.request("POST", url, message.payload, headers, self._timeout)
+            status, _ = self._http.request("POST", url, delivery.payload, headers, self._timeout)
         except Exception as exc:  # any transport failure means the same: not reached
             raise Unreachable(f"{type(exc).__name__}: {exc}") from exc
         if status == 410:

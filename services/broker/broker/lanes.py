@@ -2,11 +2,14 @@
 
 Each subscriber gets its own bounded queue and greenlet, so a slow or hung subscriber delays
 only itself: the others keep receiving, and the dispatcher waits on a full lane at most as
-long as it takes to give up on that subscriber (the delivery timeout)."""
+long as it takes to give up on that subscriber (the delivery timeout). A subscriber that
+takes batches (max_batch > 1) gets whatever its lane holds, up to max_batch, in one POST,
+after waiting up to max_wait_ms for more."""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Protocol
 
 import gevent
@@ -27,9 +30,9 @@ class Removal(Protocol):
 
 
 class Lane:
-    """Delivers one subscriber's messages one at a time, in the order they were put, and
-    reports each outcome to the publication; gives up on the subscriber (and asks for its
-    removal) when a delivery fails for good."""
+    """Delivers one subscriber's messages in the order they were put, one (or one batch) at
+    a time, and reports each outcome to the publication; gives up on the subscriber (and
+    asks for its removal) when a delivery fails for good."""
 
     def __init__(
         self,
@@ -44,7 +47,7 @@ class Lane:
         self._publication = publication
         self._removal = removal
         self._queue: gevent.queue.Queue[Message] = gevent.queue.Queue(capacity)
-        self._current: Message | None = None
+        self._current: list[Message] = []  # the POST under way
         self.closed = False
         self.delivered = 0
         self.failed = 0
@@ -65,7 +68,7 @@ class Lane:
 
     @property
     def busy(self) -> bool:
-        return self._current is not None or not self._queue.empty()
+        return bool(self._current) or not self._queue.empty()
 
     def put(self, message: Message) -> None:
         """Hand a message to this lane; blocks while the lane is full."""
@@ -82,8 +85,8 @@ class Lane:
         self.closed = True
         if self._greenlet is not gevent.getcurrent():
             self._greenlet.kill(block=False)
-        if self._current is not None:
-            self._resolve(self._current, delivered=False)
+        for message in self._current:
+            self._resolve(message, delivered=False)
         self._drain()
 
     def _drain(self) -> None:
@@ -101,21 +104,46 @@ class Lane:
             self.failed += 1
         self._publication.record(message, self.subscriber.id, delivered)
 
+    def _next(self) -> list[Message]:
+        """The next message, or for a batch subscriber the next batch (blocks until one)."""
+        first = self._queue.get()
+        most, wait = self.subscriber.max_batch, self.subscriber.max_wait_ms / 1000
+        if most == 1:
+            return [first]
+        batch = [first]
+        deadline = time.monotonic() + wait
+        while len(batch) < most:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except gevent.queue.Empty:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                batch.append(self._queue.get(timeout=left))
+            except gevent.queue.Empty:
+                break
+        return batch
+
     def _run(self) -> None:
         while not self.closed:
-            message = self._current = self._queue.get()
+            messages = self._current = self._next()
             try:
-                status = self._courier.deliver(self.subscriber, message)
+                status = self._courier.deliver(self.subscriber, messages)
             except DeliveryFailed as exc:
                 self._removal.unsubscribe(self.subscriber.id, str(exc))
                 return
-            self._current = None
+            self._current = []
             if status >= 300:
                 log.warning(
-                    "subscriber %s refused seq %d with HTTP %d",
+                    "subscriber %s refused seq %d-%d with HTTP %d",
                     self.subscriber.id,
-                    message.seq,
+                    messages[0].seq,
+                    messages[-1].seq,
                     status,
-                    extra={"message_id": message.id, "seq": message.seq},
+                    extra={"message_id": messages[0].id, "seq": messages[0].seq},
                 )
-            self._resolve(message, delivered=status < 300)
+            for message in messages:
+                self._resolve(message, delivered=status < 300)

@@ -144,9 +144,19 @@ class Subscriber:
     created_at: float = field(default_factory=time.time)
     # Signs every delivery to this subscriber; told to it only in the subscribe answer.
     secret: str = field(default_factory=new_secret, repr=False)
+    # Batch delivery: up to max_batch waiting messages per POST (as a JSON array), waiting
+    # up to max_wait_ms for more; 1 is one message per POST (a plain object).
+    max_batch: int = 1
+    max_wait_ms: int = 0
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "callback": self.callback, "created_at": self.created_at}
+        return {
+            "id": self.id,
+            "callback": self.callback,
+            "created_at": self.created_at,
+            "max_batch": self.max_batch,
+            "max_wait_ms": self.max_wait_ms,
+        }
 
 
 @dataclass

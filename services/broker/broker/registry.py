@@ -29,12 +29,14 @@ class SubscriberRegistry:
         self._lanes: dict[str, Lane] = {}
         self._by_callback: dict[str, str] = {}
 
-    def subscribe(self, callback: str) -> tuple[Subscriber, bool]:
+    def subscribe(
+        self, callback: str, max_batch: int = 1, max_wait_ms: int = 0
+    ) -> tuple[Subscriber, bool]:
         """Register a callback; the same callback again is the same subscription (False)."""
         existing = self.find(callback)
         if existing is not None:
             return existing, False
-        subscriber = Subscriber(callback)
+        subscriber = Subscriber(callback, max_batch=max_batch, max_wait_ms=max_wait_ms)
         self._store.save_subscription(subscriber)
         self._add(subscriber)
         log.info("subscribed %s %s", subscriber.id, callback)

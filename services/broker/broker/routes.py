@@ -250,7 +250,7 @@ def get_message(message_id: str):
 )
 def subscribe():
     req = _parse(SubscribeRequest)
-    subscriber, created = current_broker().subscribe(req.callback)
+    subscriber, created = current_broker().subscribe(req.callback, req.max_batch, req.max_wait_ms)
     location = f"/subscriptions/{subscriber.id}"
     return NewSubscription.of(subscriber).body(), 201 if created else 200, {"Location": location}
 

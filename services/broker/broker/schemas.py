@@ -151,10 +151,23 @@ class PublishHeaders(BaseModel):
     )
 
 
+MAX_DELIVERY_BATCH = 1000
+MAX_WAIT_MS = 1000
+
+
 class SubscribeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     callback: CallbackUrl
+    max_batch: int = Field(
+        1,
+        ge=1,
+        le=MAX_DELIVERY_BATCH,
+        description="above 1: up to this many messages per POST, always as a JSON array",
+    )
+    max_wait_ms: int = Field(
+        0, ge=0, le=MAX_WAIT_MS, description="how long to wait for more before a short batch"
+    )
 
 
 # --- answers -----------------------------------------------------------------------------
@@ -207,6 +220,8 @@ class Subscription(Answer):
     id: str
     callback: str
     created_at: float
+    max_batch: int
+    max_wait_ms: int
 
     @classmethod
     def of(cls, subscriber: Subscriber) -> Subscription:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 
 import gevent
+import gevent.event
 import pytest
 
 from broker.errors import QueueFull, StoreError
 from broker.wiring import build_broker
+from groker_common.signatures import verify
 from groker_common.testing import wait_until
 
 from .conftest import settings_for_tests
@@ -186,3 +188,87 @@ def test_concurrent_batches_keep_their_seqs_together(broker, make_sink):
         assert seqs == list(range(seqs[0], seqs[0] + 10))
     wait_until(lambda: len(sink.received) == 50, what="every batch delivered")
     assert sink.seqs == list(range(1, 51))
+
+
+# --- batch delivery: a subscriber that takes up to max_batch messages per POST ---------
+def batches_received(sink) -> list[list[dict]]:
+    return [json.loads(raw) for raw in sink.raw]
+
+
+def test_a_batch_subscriber_gets_what_waits_in_arrays_in_seq_order(broker, make_sink):
+    hold = gevent.event.Event()
+    sink = make_sink(hold=hold)
+    subscriber, _ = broker.subscribe(sink.url, max_batch=10)
+    messages = [broker.publish({"n": n}) for n in range(25)]
+    gevent.sleep(0.2)  # the first POST is held; the rest wait in the lane
+    hold.set()
+    wait_until(lambda: sum(len(b) for b in batches_received(sink)) == 25, what="all 25")
+    batches = batches_received(sink)
+    assert all(isinstance(b, list) and 1 <= len(b) <= 10 for b in batches)
+    assert len(batches) < 25  # what waited went together
+    assert [m["seq"] for b in batches for m in b] == [m.seq for m in messages]
+    # One signature per POST, over the whole array.
+    for raw, headers in zip(sink.raw, sink.headers, strict=True):
+        signed = {k.removeprefix("HTTP_").replace("_", "-").lower(): v for k, v in headers.items()}
+        verify(subscriber.secret, raw, signed)
+    wait_until(lambda: broker.stats().counters.published == 25, what="all published")
+    assert {m.delivered for m in messages} == {1}
+
+
+def test_a_batch_subscriber_waits_max_wait_ms_for_more(broker, make_sink):
+    sink = make_sink()
+    broker.subscribe(sink.url, max_batch=5, max_wait_ms=400)
+    broker.publish(1)
+    gevent.sleep(0.1)
+    broker.publish(2)
+    broker.publish(3)
+    wait_until(lambda: sink.raw, what="the first POST")
+    assert [m["body"] for m in batches_received(sink)[0]] == [1, 2, 3]
+
+
+def test_a_batch_of_one_is_still_an_array(broker, make_sink):
+    sink = make_sink()
+    broker.subscribe(sink.url, max_batch=2)
+    message = broker.publish("alone", mode="sync")
+    assert broker.wait_published(message) == "published"
+    assert batches_received(sink) == [[sink.received[0][0]]]
+
+
+def test_a_failing_batch_subscriber_is_removed_and_its_batch_counts_as_failed(broker, make_sink):
+    failing, healthy = make_sink(status=503), make_sink()
+    broker.subscribe(failing.url, max_batch=10)
+    broker.subscribe(healthy.url)
+    messages = [broker.publish(n) for n in range(3)]
+    wait_until(lambda: broker.stats().subscribers == 1, what="the failing one removed")
+    wait_until(lambda: all(m.status == "published" for m in messages), what="published")
+    assert sum(m.failed for m in messages) >= 1
+    assert [m["body"] for m in healthy.received] == [0, 1, 2]
+    assert failing.hits == broker.settings.delivery_attempts  # the batch, retried whole
+
+
+def test_a_batch_subscription_keeps_its_batching_across_a_restart(durable_store, make_sink):
+    sink = make_sink()
+    first = build_broker(durable_store)
+    first.start()
+    subscriber, _ = first.subscribe(sink.url, max_batch=7, max_wait_ms=20)
+    first.stop()
+    second = build_broker(durable_store)
+    second.start()
+    try:
+        (restored,) = second.subscriptions()
+        assert (restored.id, restored.max_batch, restored.max_wait_ms) == (subscriber.id, 7, 20)
+    finally:
+        second.stop()
+
+
+def test_subscribe_takes_and_lists_batching(client, make_sink):
+    sink = make_sink()
+    created = client.post("/subscriptions", json={"callback": sink.url, "max_batch": 50,
+                                                  "max_wait_ms": 100})  # fmt: skip
+    assert created.status_code == 201
+    listed = client.get("/subscriptions").get_json()["subscriptions"][0]
+    assert (listed["max_batch"], listed["max_wait_ms"]) == (50, 100)
+    for wrong in ({"max_batch": 0}, {"max_batch": 1001}, {"max_wait_ms": 1001},
+                  {"max_batch": "10"}):  # fmt: skip
+        refused = client.post("/subscriptions", json={"callback": sink.url + "x", **wrong})
+        assert refused.status_code == 400, wrong

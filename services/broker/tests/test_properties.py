@@ -56,7 +56,10 @@ class Receiver:
             start_response("500 Failing", [])
             return [b""]
         else:
-            self.received[path].append(json.loads(raw))
+            delivery = json.loads(raw)
+            # Subscriber 2 takes batches: arrays, flattened here in the order they came.
+            batch = delivery if isinstance(delivery, list) else [delivery]
+            self.received[path].extend(batch)
         start_response("200 OK", [("Content-Type", "application/json")])
         return [b"{}"]
 
@@ -83,7 +86,8 @@ def run(broker: Broker, receiver: Receiver, steps: list[tuple[str, Any]]) -> Non
         if action == "subscribe" and arg not in active:
             generation[arg] += 1
             path = f"/hook/{arg}/{generation[arg]}"
-            subscription, _ = broker.subscribe(receiver.url + path)
+            batching = {"max_batch": 3} if arg == 2 else {}
+            subscription, _ = broker.subscribe(receiver.url + path, **batching)
             active[arg] = subscription.id
             created[path] = subscription.created_at
         elif action == "unsubscribe" and arg in active:

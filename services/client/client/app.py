@@ -25,6 +25,7 @@ def create_app(settings: ClientSettings | None = None, subscribe: bool = True) -
         settings.resubscribe_interval,
         HttpPool(),
         token=settings.manage_token,
+        max_batch=settings.max_batch,
     )
     # Deliveries are checked against the secret the broker's answer to our subscribe gives.
     secrets = subscription if settings.verify_signatures else None

@@ -21,6 +21,9 @@ class ClientSettings(GrokerSettings):
     )
     keep_recent: int = Field(1000, ge=1, description="received messages kept for GET /messages")
     manage_token: str | None = Field(None, description="bearer token sent when subscribing")
+    max_batch: int = Field(
+        1, ge=1, le=1000, description="messages per delivery at most (above 1: batches)"
+    )
     verify_signatures: bool = Field(
         True, description="refuse (401) deliveries not signed with our subscription's secret"
     )

@@ -20,9 +20,11 @@ class Subscription:
         interval: float,
         http: HttpPool,
         token: str | None = None,
+        max_batch: int = 1,
     ) -> None:
         self._url = broker_url.rstrip("/")
         self._token = token
+        self._max_batch = max_batch
         self.callback = callback
         self._interval = interval
         self._http = http
@@ -60,7 +62,7 @@ class Subscription:
             status, answer = self._http.request_json(
                 "POST",
                 f"{self._url}/subscriptions",
-                {"callback": self.callback},
+                {"callback": self.callback, "max_batch": self._max_batch},
                 timeout=5,
                 token=self._token,
             )

@@ -42,6 +42,20 @@ def test_subscribes_on_start_and_prints_each_message(broker_url, start_client, c
     assert lines == ['seq=1 {"n": 0}', 'seq=2 {"n": 1}', 'seq=3 {"n": 2}']
 
 
+def test_with_max_batch_it_takes_batches_and_prints_every_message(broker_url, start_client, capsys):
+    app = start_client(max_batch=20)
+    sub = app.extensions["groker"].subscription
+    wait_until(lambda: sub.id is not None, what="subscription")
+    assert subscriptions(broker_url)[0]["max_batch"] == 20
+    batch = {"messages": [{"body": {"n": n}} for n in range(3)], "mode": "sync"}
+    status, _ = http.request_json("POST", f"{broker_url}/messages/batch", batch)
+    assert status == 200
+    answer = app.test_client().get("/messages").get_json()
+    assert [m["body"] for m in answer["messages"]] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ['seq=1 {"n": 0}', 'seq=2 {"n": 1}', 'seq=3 {"n": 2}']
+
+
 def test_resubscribes_when_the_broker_forgets_it(broker_url, start_client):
     app = start_client(resubscribe_interval=0.05)
     sub = app.extensions["groker"].subscription
@@ -95,11 +109,15 @@ def test_drops_a_redelivered_message_and_refuses_malformed_ones():
     assert deliver(app, delivery).get_json()["duplicate"] is False
     assert deliver(app, delivery).get_json()["duplicate"] is True
     client = app.test_client()
-    for bad in ({"seq": 1, "body": 1}, {"id": "b", "seq": "1", "body": 1}, [1], "x"):
+    for bad in ({"seq": 1, "body": 1}, {"id": "b", "seq": "1", "body": 1}, [1], [], "x"):
         answer = deliver(app, bad)
         assert answer.status_code == 400 and answer.get_json()["error"] == "invalid delivery"
+    # A batch (an array): each message taken once, repeats dropped one by one.
+    other = delivery | {"id": "b", "seq": 8}
+    answer = deliver(app, [delivery, other]).get_json()
+    assert (answer["received"], answer["duplicates"]) == (1, 1)
     stats = client.get("/messages").get_json()
-    assert (stats["received"], stats["duplicates"]) == (1, 1)
+    assert (stats["received"], stats["duplicates"]) == (2, 2)
     assert client.get("/healthz").status_code == 200
 
 

@@ -47,12 +47,20 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     id TEXT PRIMARY KEY,
     callback TEXT NOT NULL UNIQUE,
     created_at REAL NOT NULL,
-    secret TEXT NOT NULL
+    secret TEXT NOT NULL,
+    max_batch INTEGER NOT NULL DEFAULT 1,
+    max_wait_ms INTEGER NOT NULL DEFAULT 0
 );
 """
 
-# Files written before idempotency keys existed get their columns at open.
-ADDED_COLUMNS = {"idempotency_key": "TEXT", "fingerprint": "TEXT"}
+# Files written before these columns existed get them at open: table -> column -> type.
+ADDED_COLUMNS = {
+    "messages": {"idempotency_key": "TEXT", "fingerprint": "TEXT"},
+    "subscriptions": {
+        "max_batch": "INTEGER NOT NULL DEFAULT 1",
+        "max_wait_ms": "INTEGER NOT NULL DEFAULT 0",
+    },
+}
 INSERT_MESSAGE = (
     "INSERT INTO messages"
     " (seq, id, body, headers, mode, callback, accepted_at, idempotency_key, fingerprint)"
@@ -63,8 +71,10 @@ MARK_PUBLISHED = (
     " notified = ? WHERE seq = ?"
 )
 MARK_NOTIFIED = "UPDATE messages SET notified = 1 WHERE seq = ?"
+SUBSCRIPTION_COLUMNS = "id, callback, created_at, secret, max_batch, max_wait_ms"
 INSERT_SUBSCRIPTION = (
-    "INSERT OR REPLACE INTO subscriptions (id, callback, created_at, secret) VALUES (?, ?, ?, ?)"
+    "INSERT OR REPLACE INTO subscriptions"
+    " (id, callback, created_at, secret, max_batch, max_wait_ms) VALUES (?, ?, ?, ?, ?, ?)"
 )
 DELETE_SUBSCRIPTION = "DELETE FROM subscriptions WHERE id = ?"
 # Never prunes the newest row, so that seq carries on from it after a restart.
@@ -127,10 +137,11 @@ class SqliteStore(ServedFromIndex):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.executescript(SCHEMA)
-        present = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
-        for column, kind in ADDED_COLUMNS.items():
-            if column not in present:
-                conn.execute(f"ALTER TABLE messages ADD COLUMN {column} {kind}")
+        for table, columns in ADDED_COLUMNS.items():
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for column, kind in columns.items():
+                if column not in present:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         self._conn = conn
 
     def _commit(self, ops: list[tuple[str, tuple[Any, ...]]]) -> None:
@@ -177,9 +188,9 @@ class SqliteStore(ServedFromIndex):
         (last,) = self._writer.run(self._query, "SELECT COALESCE(MAX(seq), 0) FROM messages")
         self._index.carry_on_from(last[0])
         self._subscriptions = [
-            Subscriber(callback=cb, id=sid, created_at=at, secret=secret)
-            for sid, cb, at, secret in self._writer.run(
-                self._query, "SELECT id, callback, created_at, secret FROM subscriptions"
+            Subscriber(cb, id=sid, created_at=at, secret=secret, max_batch=most, max_wait_ms=wait)
+            for sid, cb, at, secret, most, wait in self._writer.run(
+                self._query, f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions"
             )
         ]
         if rows or recent or self._subscriptions:
@@ -242,7 +253,14 @@ class SqliteStore(ServedFromIndex):
     def save_subscription(self, subscriber: Subscriber) -> None:
         self._submit(
             INSERT_SUBSCRIPTION,
-            (subscriber.id, subscriber.callback, subscriber.created_at, subscriber.secret),
+            (
+                subscriber.id,
+                subscriber.callback,
+                subscriber.created_at,
+                subscriber.secret,
+                subscriber.max_batch,
+                subscriber.max_wait_ms,
+            ),
             wait=True,
         )
 

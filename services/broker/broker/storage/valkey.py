@@ -277,6 +277,8 @@ class ValkeyStore(ServedFromIndex):
             "callback": subscriber.callback,
             "created_at": subscriber.created_at,
             "secret": subscriber.secret,
+            "max_batch": subscriber.max_batch,
+            "max_wait_ms": subscriber.max_wait_ms,
         }
         self._writer.submit(("S", subscriber.id, json.dumps(fields)), wait=True)
 
