@@ -124,26 +124,27 @@ class BrokerApi:
 
     def publish(
         self,
+        path: str,
         request: dict[str, Any],
         key: str,
         read_timeout: float,
         retries: int,
         on_retry: Callable[[float, int, str], None],
     ) -> requests.Response:
-        """POST /messages with `key` as its Idempotency-Key; again, with the same key and
-        body, after no answer or an answer worth retrying (`retrying.retry_wait`), at most
-        `retries` times. Returns the last answer (the caller judges it); raises
-        `Unreachable` if the last attempt got none."""
+        """POST `request` to `path` (/messages or /messages/batch) with `key` as its
+        Idempotency-Key; again, with the same key and body, after no answer or an answer
+        worth retrying (`retrying.retry_wait`), at most `retries` times. Returns the last
+        answer (the caller judges it); raises `Unreachable` if the last attempt got none."""
         sync = request.get("mode") == "sync"
         headers = {"Idempotency-Key": key}
         attempt = 0
         while True:
             attempt += 1
             try:
-                response = self.request("POST", "/messages", request, read_timeout, headers)
+                response = self.request("POST", path, request, read_timeout, headers)
             except Unreachable as exc:
-                # The broker may have taken the message before the connection broke: the
-                # key makes sending it again safe.
+                # The broker may have taken the message(s) before the connection broke:
+                # the key makes sending it again safe.
                 if attempt > retries:
                     raise
                 wait, reason = backoff(attempt), exc.message

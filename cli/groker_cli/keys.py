@@ -16,8 +16,10 @@ from groker_cli.broker_api import BrokerError, describe, json_of
 # starting or ending with a space, which HTTP would strip on the way.
 MAX_KEY_LENGTH = 255
 KEY_PATTERN = re.compile(r"[!-~]([ -~]*[!-~])?")
-# Room kept for `-<line number>` when `-` derives a key per line from --idempotency-key.
+# Room kept for `-<line number>` when `-` derives a key per line from --idempotency-key,
+# and for `-<first line>-<last line>` when it derives one per batch of lines.
 LINE_SUFFIX_ROOM = 12
+BATCH_SUFFIX_ROOM = 2 * LINE_SUFFIX_ROOM
 
 
 def check_key(_ctx: click.Context, _param: click.Parameter, key: str | None) -> str | None:
@@ -33,12 +35,12 @@ def new_key() -> str:
     return str(uuid.uuid4())
 
 
-def raise_if_key_reused(response: requests.Response, key: str) -> None:
+def raise_if_key_reused(response: requests.Response, key: str, what: str = "message") -> None:
     """422 to a publish: the key was used before for another request. Retrying cannot help,
     and a new key would publish a second message: say so plainly."""
     answer = json_of(response)
     if response.status_code == 422 and isinstance(answer, dict):
         raise BrokerError(
-            f"Idempotency-Key {key} was used before for another message (body, mode, headers "
+            f"Idempotency-Key {key} was used before for another {what} (body, mode, headers "
             f"or callback); not published, not retried: HTTP 422 {describe(response)}"
         )

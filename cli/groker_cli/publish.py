@@ -2,45 +2,19 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator
-from typing import Any, NoReturn
+from collections.abc import Iterable, Iterator
 
 import click
-import requests
 
-from groker_cli.broker_api import (
-    BrokerApi,
-    BrokerError,
-    NotPublishedInTime,
-    json_of,
-)
-from groker_cli.console import echo_json, warn
-from groker_cli.keys import (
-    LINE_SUFFIX_ROOM,
-    MAX_KEY_LENGTH,
-    check_key,
-    new_key,
-    raise_if_key_reused,
-)
+from groker_cli.batches import MAX_BATCH_BYTES, group
+from groker_cli.broker_api import BrokerApi
+from groker_cli.keys import BATCH_SUFFIX_ROOM, LINE_SUFFIX_ROOM, MAX_KEY_LENGTH, check_key, new_key
 from groker_cli.options import seconds_option
+from groker_cli.publishers import MessagePublisher
 from groker_cli.retrying import FIRST_RETRY_WAIT, MAX_RETRY_WAIT
 
 # `publish -` shows a progress bar from this many lines on.
 PROGRESS_MIN_LINES = 50
-
-
-def _reject_nan(constant: str) -> NoReturn:
-    raise ValueError(f"{constant} is not JSON")
-
-
-def parse_body(text: str) -> Any:
-    """The text as JSON when it is valid JSON (`{"a": 1}`, `42`, `"quoted"`, `null`), else
-    the text itself as a JSON string. NaN and Infinity are not JSON: they stay text."""
-    try:
-        return json.loads(text, parse_constant=_reject_nan)
-    except ValueError:
-        return text
 
 
 def _parse_headers(
@@ -55,111 +29,59 @@ def _parse_headers(
     return headers
 
 
-def request_template(sync: bool, callback: str | None, headers: dict[str, str]) -> dict[str, Any]:
-    """What every message of one `groker publish` is sent with, but its body."""
-    template: dict[str, Any] = {"mode": "sync" if sync else "async"}
-    if callback:
-        template["callback"] = callback
-    if headers:
-        template["headers"] = headers
-    return template
-
-
-class MessagePublisher:
-    """Publishes bodies alike (one `groker publish`), printing each answer or raising the
-    error that says what went wrong."""
-
-    def __init__(
-        self, api: BrokerApi, template: dict[str, Any], read_timeout: float, retries: int
-    ) -> None:
-        self._api = api
-        self._template = template
-        self._read_timeout = read_timeout
-        self._retries = retries
-
-    def publish(self, text: str, key: str) -> None:
-        """Publish one body with `key` as its Idempotency-Key (retries resend both)."""
-        request = {**self._template, "body": parse_body(text)}
-        response = self._api.publish(
-            request, key, self._read_timeout, self._retries, self._on_retry
-        )
-        raise_if_key_reused(response, key)
-        _raise_if_kept_unpublished(response)
-        answer = self._api.answer(response)
-        if response.headers.get("Idempotent-Replayed") == "true":
-            message_id = answer.get("id") if isinstance(answer, dict) else None
-            warn(
-                f"replayed: the broker already had message {message_id} for "
-                f"Idempotency-Key {key}; nothing new was queued"
-            )
-        echo_json(answer)
-
-    def _on_retry(self, wait: float, attempt: int, reason: str) -> None:
-        warn(
-            f"{reason}; publishing again with the same Idempotency-Key in {wait:g} s "
-            f"({attempt}/{self._retries})"
-        )
-
-
-def _raise_if_kept_unpublished(response: requests.Response) -> None:
-    """Two answers that name an accepted message: print them like any other, so the id can
-    be looked up later, and exit with the code that says what happened."""
-    answer = json_of(response)
-    if not (isinstance(answer, dict) and "id" in answer):
-        return
-    if response.status_code == 504:
-        echo_json(answer)
-        raise NotPublishedInTime(
-            f"message {answer['id']} was not published within the broker's sync "
-            "timeout; it stays queued and is published later"
-        )
-    if response.status_code == 503:
-        echo_json(answer)
-        raise BrokerError(
-            f"the broker is stopping; message {answer['id']} stays queued and is "
-            "published after its restart"
-        )
-
-
-def _stdin_lines() -> list[tuple[int, str]] | Iterator[tuple[int, str]]:
-    """The non-blank lines of stdin with their line numbers. Piped input is read whole
-    first (a list), so the progress bar knows its length; typed input is published line by
-    line as it comes (an iterator)."""
+def _stdin_lines() -> tuple[list[tuple[int, str]] | Iterator[tuple[int, str]], bool]:
+    """The non-blank lines of stdin with their line numbers, and whether a terminal types
+    them. Piped input is read whole first (a list), so the progress bar knows its length;
+    typed input is published line by line as it comes (an iterator)."""
     stream = click.get_text_stream("stdin")
     interactive = stream.isatty()
     numbered: Iterator[tuple[int, str]] = (
         (n, line.rstrip("\r\n")) for n, line in enumerate(stream, start=1)
     )
     non_blank = ((n, line) for n, line in numbered if line.strip())
-    return non_blank if interactive else list(non_blank)
+    return (non_blank, True) if interactive else (list(non_blank), False)
 
 
-def _publish_stdin(publish_one: Callable[[str, str], None], key: str | None) -> None:
-    """Each non-blank line of stdin as one message, in order; the first failure stops it,
-    its error naming the line. Each line's Idempotency-Key is `key-<line number>`, so that
-    publishing the same input again with the same key publishes only what was not yet
-    (line numbers count blank lines too), or a fresh one per line without `key`."""
-    lines = _stdin_lines()
+def _publish_stdin(publisher: MessagePublisher, key: str | None, batch: int) -> None:
+    """Each non-blank line of stdin as one message, in order, `batch` lines a request; the
+    first failure stops it, its error naming the line."""
+    lines, interactive = _stdin_lines()
+    total = len(lines) if isinstance(lines, list) else 0
     stderr = click.get_text_stream("stderr")
     show_bar = (
-        isinstance(lines, list)
-        and len(lines) >= PROGRESS_MIN_LINES
+        total >= PROGRESS_MIN_LINES
         and stderr.isatty()
         # Answers on a terminal are progress enough, and would be torn by the bar.
         and not click.get_text_stream("stdout").isatty()
     )
     with click.progressbar(
-        lines,
-        label="publishing",
-        show_pos=True,
-        file=stderr,
-        hidden=not show_bar,
-    ) as numbered_lines:
-        for line_number, text in numbered_lines:
+        length=total, label="publishing", show_pos=True, file=stderr, hidden=not show_bar
+    ) as bar:
+        # Typed lines are published as they come, not once a batch of them is typed.
+        for published in _publish_lines(publisher, lines, key, 1 if interactive else batch):
+            bar.update(published)
+
+
+def _publish_lines(
+    publisher: MessagePublisher, lines: Iterable[tuple[int, str]], key: str | None, batch: int
+) -> Iterator[int]:
+    """Publish the numbered lines, yielding how many each request published. Keys derive
+    from `key` and line numbers (blank lines counted), so that publishing the same input
+    again with the same key and --batch publishes only what was not yet: `key-<line>` for
+    a line alone (POST /messages, as before batches), `key-<first>-<last>` for a batch. A
+    fresh key per request without `key`."""
+    if batch == 1:
+        for line_number, text in lines:
             try:
-                publish_one(text, f"{key}-{line_number}" if key else new_key())
+                publisher.publish(text, f"{key}-{line_number}" if key else new_key())
             except click.ClickException as exc:
                 raise type(exc)(f"stdin line {line_number}: {exc.message}") from None
+            yield 1
+        return
+    messages = ((n, publisher.message(text)) for n, text in lines)
+    for lines_batch in group(messages, batch):
+        publisher.publish_batch(lines_batch, lines_batch.key(key))
+        yield len(lines_batch.messages)
 
 
 @click.command(short_help="Publish a message, or one per line of stdin.")
@@ -195,10 +117,23 @@ def _publish_stdin(publish_one: Callable[[str, str], None], key: str | None) -> 
     "key",
     metavar="KEY",
     callback=check_key,
-    help="The message's Idempotency-Key (by default a fresh UUID per message): publishing "
-    "again with the same KEY and the same message creates nothing new, and prints the first "
-    "answer; with another message it fails (exit 1). With `-`, line N is sent with KEY-N, "
-    "so a rerun of the same input publishes only the lines that were not yet.",
+    help="The message's Idempotency-Key (by default a fresh UUID per message, or per batch): "
+    "publishing again with the same KEY and the same message creates nothing new, and prints "
+    "the first answer; with another message it fails (exit 1). With `-`, each batch of lines "
+    "FIRST to LAST is sent with KEY-FIRST-LAST (with --batch 1, line N with KEY-N), so a "
+    "rerun of the same input with the same --batch publishes only the lines that were not "
+    "yet.",
+)
+@click.option(
+    "--batch",
+    metavar="N",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="With `-`: publish N consecutive lines in one request (POST /messages/batch, at most "
+    "the broker's GROKER_MAX_BATCH), fewer where N would pass "
+    f"{MAX_BATCH_BYTES // 1000} KB of JSON; 1 sends each line alone (POST /messages). "
+    "Lines typed on a terminal go one by one.",
 )
 @click.option(
     "--retries",
@@ -220,6 +155,7 @@ def publish(
     headers: dict[str, str],
     sync_timeout: float,
     key: str | None,
+    batch: int,
     retries: int,
 ) -> None:
     """Publish BODY as one message, or with `-` each line of stdin as one message.
@@ -229,9 +165,12 @@ def publish(
     line per message: `{"id", "seq", "status": "queued"}`, or with --sync the outcome
     `{"id", "seq", "status": "published", "delivered", "failed", "published_at"}`.
 
-    Every message carries an Idempotency-Key, kept on every retry, so that a message the
-    broker took before its answer was lost is not queued again: the broker replays its
-    first answer instead, printed as usual, with a note on stderr.
+    With `-`, lines are sent --batch at a time; the answers are the same, one line per
+    message in input order, and the first refused line stops it, its error naming the line.
+
+    Every message (or batch) carries an Idempotency-Key, kept on every retry, so that a
+    message the broker took before its answer was lost is not queued again: the broker
+    replays its first answer instead, printed as usual, with a note on stderr.
 
     \b
     Examples:
@@ -243,16 +182,19 @@ def publish(
     """
     if sync and callback:
         raise click.UsageError("--callback is for async messages; --sync waits instead")
-    if body == "-" and key is not None and len(key) > MAX_KEY_LENGTH - LINE_SUFFIX_ROOM:
+    room, suffix = (
+        (LINE_SUFFIX_ROOM, "-<line number>")
+        if batch == 1
+        else (BATCH_SUFFIX_ROOM, "-<first line>-<last line>")
+    )
+    if body == "-" and key is not None and len(key) > MAX_KEY_LENGTH - room:
         raise click.BadParameter(
-            f"with `-` at most {MAX_KEY_LENGTH - LINE_SUFFIX_ROOM} characters, "
-            "leaving room for -<line number>",
+            f"with `-` at most {MAX_KEY_LENGTH - room} characters, leaving room for {suffix}",
             param_hint="'--idempotency-key'",
         )
     read_timeout = api.timeout + sync_timeout if sync else api.timeout
-    template = request_template(sync, callback, headers)
-    publisher = MessagePublisher(api, template, read_timeout, retries)
+    publisher = MessagePublisher(api, sync, callback, headers, read_timeout, retries)
     if body == "-":
-        _publish_stdin(publisher.publish, key)
+        _publish_stdin(publisher, key, batch)
     else:
         publisher.publish(body, key or new_key())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -76,6 +77,16 @@ class Broker:
 
     def callbacks(self) -> list[str]:
         return [s["callback"] for s in self.get("/subscriptions")["subscriptions"]]
+
+    def posted(self) -> list[str]:
+        """The paths of the POSTs answered so far, in order, from the access log of a broker
+        started with GUNICORN_ACCESSLOG="-" (the CLI's requests, which nothing else counts)."""
+        paths = []
+        for line in self.log.read_text().splitlines():
+            entry = json.loads(line) if line.startswith("{") else {}
+            if entry.get("logger") == "gunicorn.access":
+                paths += re.findall(r'"POST (\S+) HTTP', entry["message"])
+        return paths
 
     def stop(self) -> None:
         self.http.close()

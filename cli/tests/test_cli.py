@@ -20,8 +20,9 @@ import pytest
 import requests
 from standardwebhooks.webhooks import Webhook
 
+from groker_cli.batches import MAX_BATCH_BYTES, Batch, group, refused_index
 from groker_cli.callback_url import default_callback_url
-from groker_cli.publish import parse_body
+from groker_cli.publishers import parse_body
 from groker_cli.receiver import Receiver
 from groker_cli.retrying import backoff, retry_wait
 from groker_common.testing import free_port
@@ -86,6 +87,8 @@ def test_help_for_every_command(groker):
     publish_help = groker.run("publish", "--help").stdout
     assert "BODY|-" in publish_help
     assert "--idempotency-key KEY" in publish_help and "KEY-N" in publish_help
+    # Help is wrapped to the terminal's width, and may break a name at a hyphen.
+    assert "--batch N" in publish_help and "KEY-FIRST-LAST" in re.sub(r"\s", "", publish_help)
     assert "--callback-url" in groker.run("subscribe", "--help").stdout
 
 
@@ -98,7 +101,9 @@ def test_help_for_every_command(groker):
         ["publish", "--idempotency-key", " padded", "x"],
         ["publish", "--idempotency-key", "cl\u00e9", "x"],
         ["publish", "--idempotency-key", "k" * 256, "x"],
-        ["publish", "--idempotency-key", "k" * 250, "-"],
+        ["publish", "--idempotency-key", "k" * 250, "--batch", "1", "-"],
+        ["publish", "--idempotency-key", "k" * 240, "-"],  # room for -FIRST-LAST
+        ["publish", "--batch", "0", "-"],
         ["publish"],
         ["--broker", "localhost:8000", "stats"],
         ["--timeout", "0", "stats"],
@@ -120,6 +125,9 @@ def test_a_body_is_json_when_it_parses_and_text_otherwise():
     assert parse_body("null") is None
     assert parse_body("hello world") == "hello world"
     assert parse_body("NaN") == "NaN"  # Python's json reads it; it is not JSON
+    assert parse_body("1e999") == "1e999"  # Python reads inf, the broker would refuse it
+    assert parse_body('{"a": [-1e999]}') == '{"a": [-1e999]}'
+    assert parse_body("1e308") == 1e308
     assert parse_body("") == ""
 
 
@@ -219,6 +227,181 @@ def test_publish_stdin_shows_a_progress_bar_on_a_terminal(broker, groker):
     assert process.returncode == 0
     assert [json.loads(line)["seq"] for line in out.splitlines()] == list(range(1, 61))
     assert "publishing" in shown.decode() and "60/60" in shown.decode(), shown.decode()
+
+
+# --- publish -: batches -------------------------------------------------------------------
+
+
+def answers_of(result: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_stdin_goes_in_batches_of_consecutive_lines(
+    start_broker, make_subscriber, groker, wait_until
+):
+    broker = start_broker(GUNICORN_ACCESSLOG="-")
+    subscriber = make_subscriber(broker)
+    lines = [json.dumps({"n": n}) for n in range(250)]
+
+    result = groker.run(
+        "--broker", broker.url, "publish", "--batch", "100", "-", input="\n".join(lines)
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    answers = answers_of(result)
+    assert [a["seq"] for a in answers] == list(range(1, 251))
+    assert {a["status"] for a in answers} == {"queued"}
+    assert broker.stats()["accepted"] == 250
+    assert broker.posted() == ["/subscriptions"] + ["/messages/batch"] * 3
+    wait_until(lambda: len(subscriber.bodies) == 250, what="250 deliveries")
+    assert subscriber.bodies == [{"n": n} for n in range(250)]
+
+
+def test_batch_1_sends_each_line_alone_as_before(start_broker, groker):
+    broker = start_broker(GUNICORN_ACCESSLOG="-")
+    result = groker.run("--broker", broker.url, "publish", "--batch", "1", "-", input="a\nb\n")
+    assert result.returncode == 0, result.stderr
+    assert [a["seq"] for a in answers_of(result)] == [1, 2]
+    assert broker.posted() == ["/messages"] * 2
+
+
+def test_a_batch_key_is_key_first_line_last_line(broker, groker):
+    """Lines 102 to 201 (line 1 is blank) published beforehand as the documented key says:
+    the CLI's second batch is that one, replayed; a rerun of the whole input publishes
+    nothing new."""
+    lines = [f"line {n}" for n in range(2, 252)]
+    stdin = "\n" + "\n".join(lines) + "\n"
+    by_hand = broker.http.post(
+        f"{broker.url}/messages/batch",
+        json={"messages": [{"body": line} for line in lines[100:200]]},
+        headers={"Idempotency-Key": "import-7-102-201"},
+        timeout=5,
+    )
+    assert by_hand.status_code == 202, by_hand.text
+    args = ("--broker", broker.url, "publish", "--idempotency-key", "import-7", "-")
+
+    first = groker.run(*args, input=stdin)
+
+    assert first.returncode == 0, first.stderr
+    answers = answers_of(first)
+    assert answers[100:200] == by_hand.json()["messages"]
+    assert [a["seq"] for a in answers[:100]] == list(range(101, 201))
+    assert [a["seq"] for a in answers[200:]] == list(range(201, 251))
+    assert first.stderr == (
+        "groker: replayed: the broker already had stdin lines 102-201 (seq 1-100) for "
+        "Idempotency-Key import-7-102-201; nothing new was queued\n"
+    )
+    assert (broker.stats()["accepted"], broker.stats()["replayed"]) == (250, 1)
+
+    rerun = groker.run(*args, input=stdin)
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout == first.stdout
+    assert [line.split(" for ")[1] for line in rerun.stderr.splitlines()] == [
+        f"Idempotency-Key import-7-{span}; nothing new was queued"
+        for span in ("2-101", "102-201", "202-251")
+    ]
+    assert (broker.stats()["accepted"], broker.stats()["replayed"]) == (250, 4)
+
+
+def test_a_batch_is_closed_before_900_kb_of_json(start_broker, groker):
+    broker = start_broker(GUNICORN_ACCESSLOG="-")
+    lines = [json.dumps({"n": n, "pad": "x" * 200_000}) for n in range(10)]
+    result = groker.run("--broker", broker.url, "publish", "-", input="\n".join(lines))
+    assert result.returncode == 0, result.stderr
+    assert [a["seq"] for a in answers_of(result)] == list(range(1, 11))
+    assert broker.posted() == ["/messages/batch"] * 3  # 4 + 4 + 2 lines of 200 KB
+
+
+def test_a_refused_line_in_a_batch_is_named_by_its_line_number(broker, groker):
+    url = ("--broker", broker.url)
+    lines = [f"line {n}" for n in range(1, 251)]
+    lines[149] = json.dumps("x" * 1_100_000)  # more than the broker's 1 MiB: alone, 413
+
+    too_large = groker.run(*url, "publish", "-", input="\n".join(lines))
+
+    assert too_large.returncode == 1, too_large
+    assert_one_line_error(too_large, "Error: stdin line 150: the broker answered HTTP 413")
+    assert [a["seq"] for a in answers_of(too_large)] == list(range(1, 150))
+    assert broker.stats()["accepted"] == 149
+
+    # Every message is refused for the header; the broker names the first, on line 2.
+    long_header = groker.run(*url, "publish", "--header", f"h={'v' * 5000}", "-", input="\na\n")
+    assert long_header.returncode == 1, long_header
+    assert_one_line_error(
+        long_header, "Error: stdin line 2: the broker answered HTTP 400", "messages.0.headers.h"
+    )
+
+    # A lone surrogate: JSON to Python, malformed to the broker, which names no message.
+    lines = [f"line {n}" for n in range(1, 251)]
+    lines[149] = '"\\ud800"'
+    malformed = groker.run(*url, "publish", "-", input="\n".join(lines))
+    assert malformed.returncode == 1, malformed
+    assert_one_line_error(
+        malformed, "Error: stdin lines 101-200: the broker answered HTTP 400", "malformed JSON"
+    )
+    assert len(answers_of(malformed)) == 100
+    assert broker.stats()["accepted"] == 149 + 100
+
+
+def test_a_refusal_names_the_line_of_the_message_it_names():
+    batch = Batch()
+    for line_number in (3, 4, 7):
+        batch.add(line_number, {"body": line_number}, 10)
+    refusal = {"error": "invalid request", "detail": [{"field": "messages.2.body"}]}
+    assert refused_index(refusal) == 2
+    assert batch.where(refusal) == "stdin line 7"
+    assert batch.where({"error": "malformed JSON", "detail": [{"field": None}]}) == (
+        "stdin lines 3-7"
+    )
+    assert batch.where({"detail": [{"field": "messages.9.body"}]}) == "stdin lines 3-7"
+    assert batch.key("imp") == "imp-3-7"
+    assert batch.key(None) != batch.key(None)
+
+
+def test_lines_are_grouped_by_count_and_by_bytes():
+    messages = [(n, {"body": "x" * 290_000}) for n in range(1, 8)]
+    grouped = [b.line_numbers for b in group(iter(messages), 2)]
+    assert grouped == [[1, 2], [3, 4], [5, 6], [7]]
+    grouped = [b.line_numbers for b in group(iter(messages), 100)]
+    assert grouped == [[1, 2, 3], [4, 5, 6], [7]]
+    assert all(b.size <= MAX_BATCH_BYTES for b in group(iter(messages), 100))
+    huge = [(1, {"body": "x"}), (2, {"body": "x" * MAX_BATCH_BYTES}), (3, {"body": "x"})]
+    assert [b.line_numbers for b in group(iter(huge), 100)] == [[1], [2], [3]]
+
+
+def test_a_sync_batch_not_published_in_time_waits_again_then_exits_5(start_broker, groker):
+    broker = start_broker(GROKER_SYNC_TIMEOUT="1")  # and no subscriber: nothing is published
+    result = groker.run(
+        *("--broker", broker.url, "publish", "--sync", "--sync-timeout", "1"),
+        *("--retries", "1", "-"),
+        input="a\nb\nc\n",
+    )
+    assert result.returncode == 5, result
+    assert [(a["seq"], a["status"]) for a in answers_of(result)] == [
+        (1, "queued"),
+        (2, "queued"),
+        (3, "queued"),
+    ]
+    retry, error = result.stderr.splitlines()
+    assert "HTTP 504" in retry and "(1/1)" in retry
+    assert error == (
+        "Error: stdin lines 1-3: 3 of its 3 messages were not published within the broker's "
+        "sync timeout; they stay queued and are published later"
+    )
+    assert (broker.stats()["accepted"], broker.stats()["replayed"]) == (3, 1)
+
+
+def test_a_sync_batch_prints_each_outcome(broker, make_subscriber, groker):
+    make_subscriber(broker)
+    result = groker.run("--broker", broker.url, "publish", "--sync", "-", input="a\nb\n")
+    assert result.returncode == 0, result.stderr
+    outcomes = answers_of(result)
+    assert [(a["seq"], a["status"], a["delivered"]) for a in outcomes] == [
+        (1, "published", 1),
+        (2, "published", 1),
+    ]
 
 
 def test_a_busy_broker_is_retried_after_its_retry_after(
@@ -328,9 +511,10 @@ def test_the_same_key_with_another_message_exits_1_and_is_not_retried(broker, gr
 
 
 def test_stdin_with_a_key_publishes_only_the_new_lines_when_run_again(broker, groker):
-    """Line N is sent with KEY-N: a rerun of the same input, grown by a line, publishes that
-    line only (blank lines count, so the numbers stay put)."""
-    args = ("--broker", broker.url, "publish", "--idempotency-key", "batch-7", "-")
+    """With --batch 1 line N is sent with KEY-N: a rerun of the same input, grown by a line,
+    publishes that line only (blank lines count, so the numbers stay put). In batches the
+    last one would grow, and with it its key."""
+    args = ("--broker", broker.url, "publish", "--idempotency-key", "batch-7", "--batch", "1", "-")
     first = groker.run(*args, input="a\n\nb\n")
     assert first.returncode == 0, first.stderr
     rerun = groker.run(*args, input="a\n\nb\nc\n")
