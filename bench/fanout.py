@@ -39,6 +39,9 @@ from groker_common.http import HttpPool
 from groker_common.signatures import new_secret, sign
 
 SUBSCRIBERS = (1, 10, 50)
+# Batch delivery: N subscribers taking up to MAX_BATCH messages per POST, against the same
+# N taking one per POST, both fed by batch publishes so that publishing keeps ahead.
+BATCHED_SUBSCRIBERS, MAX_BATCH = 10, 100
 SINK_PROCESSES = 2
 
 
@@ -80,6 +83,27 @@ def broker_rate(
         "tail_rate": tail / tail_s if tail > len(callbacks) * 20 and tail_s > 0 else None,
         "failed": after["failed"] - before["failed"],
     }
+
+
+def batched_point(short: bool) -> dict[str, Any]:
+    """Deliveries/s to BATCHED_SUBSCRIBERS subscribers with max_batch 1 and MAX_BATCH."""
+    n, m = BATCHED_SUBSCRIBERS, 2000 if short else 6000
+    out: dict[str, Any] = {"subscribers": n, "messages": m, "max_batch": MAX_BATCH}
+    with sinks(n, SINK_PROCESSES) as callbacks:
+        for label, most in (("single", 1), ("batched", MAX_BATCH)):
+            with broker("sqlite") as (url, _):
+                for callback in callbacks:
+                    call("POST", f"{url}/subscriptions", {"callback": callback, "max_batch": most})
+                began = time.monotonic()
+                publish_s = load.publish_batches(url, m)
+                reached, after = wait_stats(url, "delivered", m * n, timeout=300)
+                out[label] = {
+                    "rate": m * n / (reached - began),
+                    "seconds": round(reached - began, 3),
+                    "publish_s": round(publish_s, 3),
+                    "failed": after["failed"],
+                }
+    return out
 
 
 def payloads(m: int) -> list[tuple[bytes, dict[str, str]]]:
@@ -148,6 +172,7 @@ def run(short: bool, stores: tuple[str, ...] = ("memory", "sqlite")) -> dict[str
                         got[store].append(broker_rate(url, callbacks[:n], m))
             point = {name: median(samples) for name, samples in got.items()}
             out["points"].append({"subscribers": n, "messages": m, **point})
+    out["batched"] = batched_point(short)
     return out
 
 

@@ -124,6 +124,25 @@ def _headers(token: str | None) -> dict[str, str]:
     return JSON_HEADERS | {"Authorization": f"Bearer {token}"} if token else JSON_HEADERS
 
 
+def publish_batches(url: str, n: int, size: int = 100, concurrency: int = 4) -> float:
+    """Publish exactly n async messages in batches of `size` (POST /messages/batch), so that
+    publishing is no bottleneck; returns seconds."""
+    pool = HttpPool(concurrency=concurrency)
+    sizes = [min(size, n - i) for i in range(0, n, size)]
+
+    def loop() -> None:
+        while sizes:
+            body = batch_body(sizes.pop())
+            status, raw = pool.request("POST", f"{url}/messages/batch", body, JSON_HEADERS, 30)
+            if status != 202:
+                raise RuntimeError(f"batch publish answered {status}: {raw[:200]!r}")
+
+    began = time.monotonic()
+    gevent.joinall([gevent.spawn(loop) for _ in range(concurrency)], raise_error=True)
+    pool.close()
+    return time.monotonic() - began
+
+
 def publish_n(url: str, n: int, token: str | None = None, concurrency: int = CONNECTIONS) -> float:
     """Publish exactly n async messages as fast as the broker takes them; returns seconds.
     Fails on any answer but 202: a rejected message would skew every count after it."""

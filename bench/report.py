@@ -60,6 +60,15 @@ def fanout_rows(r: dict[str, Any]) -> list[Row]:
                      f" runs {s['samples']} (raw {p['raw']['samples']})")  # fmt: skip
             rows.append(("fan-out", f"N={p['subscribers']} {store}", _num(s["rate"], "dlv/s"),
                          _num(raw, "dlv/s"), f"{ratio(s['rate'], raw):.2f}", notes))  # fmt: skip
+    if "batched" in r:
+        b = r["batched"]
+        batched, single = b["batched"], b["single"]
+        notes = (f"M={b['messages']:,} published in batches of 100 (took {batched['publish_s']} s"
+                 f" / {single['publish_s']} s); baseline: the same N with max_batch 1; failed "
+                 f"{batched['failed']}")  # fmt: skip
+        rows.append(("fan-out", f"N={b['subscribers']} sqlite, max_batch {b['max_batch']}",
+                     _num(batched["rate"], "dlv/s"), _num(single["rate"], "dlv/s"),
+                     f"{ratio(batched['rate'], single['rate']):.2f}", notes))  # fmt: skip
     return rows
 
 

@@ -32,6 +32,8 @@ def test_the_short_benchmarks_run_and_report_every_ratio():
         for kind in ("raw", "memory", "sqlite"):
             assert point[kind]["rate"] > 0
         assert point["memory"]["failed"] == 0
+    batched = benchmarks["fanout"]["batched"]
+    assert batched["batched"]["rate"] > 0 and batched["batched"]["failed"] == 0
     assert benchmarks["memory"]["bytes_per_message"] > 0
     assert "skipped" not in benchmarks["compose"], benchmarks["compose"]
     assert (ROOT / "bench/results/fanout.png").stat().st_size > 0
