@@ -20,7 +20,7 @@ from broker.settings import BrokerSettings
 from groker_common.testing import poll
 
 from .conftest import ROOT, System
-from .test_faults import numbered_ids
+from .test_faults import assert_every_number_published_once, numbered_ids
 
 BROKERS = 2
 CLIENTS = 2
@@ -208,14 +208,7 @@ def test_the_standby_takes_over_when_the_active_replica_is_killed_under_load(clu
         lambda: all(set(numbered_ids(system, c, first_n)) >= meant for c in callbacks),
         what="every message at every client",
     )
-    at_clients = [numbered_ids(system, callback, first_n) for callback in callbacks]
-    for got in at_clients:
-        assert set(got) == meant, f"missing {sorted(meant - set(got))[:10]}"
-        repeated = {n: ids for n, ids in got.items() if len(ids) > 1}
-        assert not repeated, f"published more than once: {list(repeated.items())[:5]}"
-    ids = {n: min(at_clients[0][n]) for n in meant}
-    assert all({n: min(got[n]) for n in meant} == ids for got in at_clients)  # one message each
-    assert {system.message(mid)["status"] for mid in ids.values()} == {"published"}
+    ids = assert_every_number_published_once(system, callbacks, first_n, meant)
 
     for callback in callbacks:
         # Repeats (a delivery under way when the owner died, sent again by its successor)

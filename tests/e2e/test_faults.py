@@ -55,6 +55,22 @@ def numbered_ids(system: System, callback: str, after: int) -> dict[int, set[str
     return got
 
 
+def assert_every_number_published_once(
+    system: System, callbacks: list[str], first_n: int, meant: set[int]
+) -> dict[int, str]:
+    """Every client got every number meant, each as one message (one id), the same one at
+    every client, and the broker says each is published; returns number -> id."""
+    at_clients = [numbered_ids(system, callback, first_n) for callback in callbacks]
+    for got in at_clients:
+        assert set(got) == meant, f"missing {sorted(meant - set(got))[:10]}"
+        repeated = {n: ids for n, ids in got.items() if len(ids) > 1}
+        assert not repeated, f"published more than once: {list(repeated.items())[:5]}"
+    ids = {n: min(at_clients[0][n]) for n in meant}
+    assert all({n: min(got[n]) for n in meant} == ids for got in at_clients)  # one message each
+    assert {system.message(mid)["status"] for mid in ids.values()} == {"published"}
+    return ids
+
+
 def test_broker_killed_three_times_under_load_publishes_each_message_exactly_once(
     under_load: System,
 ):
@@ -82,14 +98,8 @@ def test_broker_killed_three_times_under_load_publishes_each_message_exactly_onc
     assert (stats["lost"], stats["duplicates"]) == (0, 0), stats
     assert last_n - first_n >= 300
     meant = set(range(first_n + 1, last_n + 1))
-    at_clients = [numbered_ids(system, sub["callback"], first_n) for sub in system.subscriptions()]
-    for got in at_clients:
-        assert set(got) == meant, f"missing {sorted(meant - set(got))[:10]}"
-        repeated = {n: ids for n, ids in got.items() if len(ids) > 1}
-        assert not repeated, f"published more than once: {list(repeated.items())[:5]}"
-    ids = {n: min(at_clients[0][n]) for n in meant}
-    assert all({n: min(got[n]) for n in meant} == ids for got in at_clients)  # one message each
-    assert {system.message(mid)["status"] for mid in ids.values()} == {"published"}
+    callbacks = [sub["callback"] for sub in system.subscriptions()]
+    ids = assert_every_number_published_once(system, callbacks, first_n, meant)
     accepted, _ = system.server_ids()
     assert_all_accepted_were_published(system, accepted)
     assert_each_client_got_every_seq_in_order_since(system, start["seq"])
