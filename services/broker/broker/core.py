@@ -21,7 +21,9 @@ from broker.errors import Draining, KeyInUse, KeyReused, QueueFull
 from broker.guard import CallbackGuard
 from broker.metrics import BrokerMetrics
 from broker.model import (
+    CloudEventsMode,
     Counters,
+    Format,
     Item,
     Message,
     Mode,
@@ -127,9 +129,13 @@ class Broker:
         mode: Mode = "async",
         headers: dict[str, str] | None = None,
         callback: str | None = None,
+        attributes: dict[str, Any] | None = None,
     ) -> Message:
-        """Accept a message onto the tail of the queue; returns once it is stored."""
-        messages, _ = self._accept([(body, headers)], mode, callback, key=None, batch=False)
+        """Accept a message onto the tail of the queue; returns once it is stored. With
+        `attributes`, the message is a published CloudEvent (cloudevents.py)."""
+        messages, _ = self._accept(
+            [(body, headers)], mode, callback, key=None, batch=False, attributes=attributes
+        )
         return messages[0]
 
     def publish_once(
@@ -139,11 +145,14 @@ class Broker:
         mode: Mode = "async",
         headers: dict[str, str] | None = None,
         callback: str | None = None,
+        attributes: dict[str, Any] | None = None,
     ) -> tuple[Message, bool]:
         """Publish with an idempotency key (already scoped to the publisher): the same key
         with the same request, within `idempotency_seconds` and while the message is
         kept, returns the first message and True (replayed) instead of a new one."""
-        messages, replayed = self._accept([(body, headers)], mode, callback, key, batch=False)
+        messages, replayed = self._accept(
+            [(body, headers)], mode, callback, key, batch=False, attributes=attributes
+        )
         return messages[0], replayed
 
     def publish_batch(
@@ -165,6 +174,7 @@ class Broker:
         callback: str | None,
         key: str | None,
         batch: bool,
+        attributes: dict[str, Any] | None = None,
     ) -> tuple[list[Message], bool]:
         if self.draining:
             raise Draining()
@@ -173,7 +183,7 @@ class Broker:
         encoded: list[Item] = [(encode_body(body), headers or None) for body, headers in items]
         bound = None
         if key is not None:
-            bound = fingerprint(encoded, mode, callback, batch)
+            bound = fingerprint(encoded, mode, callback, batch, attributes)
             # No yield from here to the store's append: two requests with one key cannot
             # both miss the first.
             replayed = self._replay(key, bound, len(encoded))
@@ -188,6 +198,7 @@ class Broker:
                 mode=mode,
                 headers=headers,
                 callback=callback,
+                attributes=attributes,
                 # A batch's first message carries the key itself, so that a single publish
                 # with it (or another batch) is told apart by the fingerprint.
                 key=None if key is None else key if i == 0 else f"{key}#{i}",
@@ -268,18 +279,27 @@ class Broker:
         return "draining" if reply.abandoned else "timeout"
 
     def subscribe(
-        self, callback: str, max_batch: int = 1, max_wait_ms: int = 0
+        self,
+        callback: str,
+        max_batch: int = 1,
+        max_wait_ms: int = 0,
+        *,
+        format: Format = "groker",
+        cloudevents_mode: CloudEventsMode = "binary",
     ) -> tuple[Subscriber, bool]:
         """Subscribe a callback the guard allows, once it has echoed our challenge; the same
         callback again is the same subscription (False), not challenged again. With
-        `max_batch` above 1 it receives its messages in batches (see lanes.py)."""
+        `max_batch` above 1 it receives its messages in batches (see lanes.py); with
+        `format="cloudevents"`, as CloudEvents (see cloudevents.py)."""
         self.guard.check(callback)
         existing = self.registry.find(callback)
         if existing is not None:
             return existing, False
         if self.settings.verify_subscriptions:
             challenge_callback(self._http, callback, self.settings.attempt_timeout)
-        subscribed = self.registry.subscribe(callback, max_batch, max_wait_ms)
+        subscribed = self.registry.subscribe(
+            callback, max_batch, max_wait_ms, format=format, cloudevents_mode=cloudevents_mode
+        )
         self._dispatcher.wake()
         return subscribed
 

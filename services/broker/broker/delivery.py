@@ -1,6 +1,7 @@
-"""One delivery: POST a message's payload (or a batch of them, as a JSON array) to one
-subscriber, signed, with a few quick retries within the delivery timeout. Lanes (lanes.py)
-decide what to deliver and when."""
+"""One delivery: POST a message's payload (or a batch of them, as a JSON array; or, to a
+subscriber that asked for them, CloudEvents: cloudevents.py) to one subscriber, signed,
+with a few quick retries within the delivery timeout. Lanes (lanes.py) decide what to
+deliver and when."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from broker.cloudevents import CloudEventsFormat
 from broker.errors import Gone, RefusedDestination, Unreachable
 from broker.guard import CallbackGuard
 from broker.model import Message, Subscriber
@@ -28,10 +30,12 @@ RETRY_PAUSE = 0.05  # seconds before the first retry; tenacity backs off after t
 
 
 class Delivery(NamedTuple):
-    """What one POST carries: its webhook id (signed with it) and its body."""
+    """What one POST carries: its webhook id (signed with it), its body and its headers
+    (the signature's aside)."""
 
     id: str
     payload: bytes
+    headers: dict[str, str] = DELIVERY_HEADERS
 
 
 class Courier:
@@ -44,8 +48,10 @@ class Courier:
         attempts: int,
         deadline: float,
         latency: Histogram,
+        cloudevents: CloudEventsFormat | None = None,
     ) -> None:
         self._http = http
+        self._cloudevents = cloudevents or CloudEventsFormat()
         self._guard = guard
         self._attempts = attempts
         self._deadline = deadline
@@ -57,14 +63,16 @@ class Courier:
         signed; the subscriber's HTTP status (< 500 and not 410). Raises Unreachable when
         every attempt failed, Gone when the subscriber is not to be called again."""
         began = time.perf_counter()
-        if subscriber.max_batch == 1:
-            (message,) = messages
-            delivery = Delivery(message.id, message.payload)
+        # One POST, one signature, one id for a batch: a retry of it is the same one.
+        more = len(messages) - 1
+        webhook_id = f"{messages[0].id}+{more}" if more else messages[0].id
+        if subscriber.format == "cloudevents":
+            headers, payload = self._cloudevents.delivery(subscriber, messages)
+            delivery = Delivery(webhook_id, payload, DELIVERY_HEADERS | headers)
+        elif subscriber.max_batch == 1:
+            delivery = Delivery(webhook_id, messages[0].payload)
         else:
-            # One POST, one signature, one id for the batch: a retry of it is the same one.
-            payload = b"[" + b",".join(m.payload for m in messages) + b"]"
-            more = len(messages) - 1
-            delivery = Delivery(f"{messages[0].id}+{more}" if more else messages[0].id, payload)
+            delivery = Delivery(webhook_id, b"[" + b",".join(m.payload for m in messages) + b"]")
         status = self._attempt_all(subscriber, delivery, began)
         self._latency.observe(time.perf_counter() - began)
         return status
@@ -95,7 +103,7 @@ class Courier:
             self._guard.check(url)  # again at delivery time: DNS can change
         except RefusedDestination as exc:
             raise Gone(f"callback now refused: {exc}") from exc
-        headers = DELIVERY_HEADERS | sign(subscriber.secret, delivery.id, delivery.payload)
+        headers = delivery.headers | sign(subscriber.secret, delivery.id, delivery.payload)
         try:
             status, _ = self._http.request("POST", url, delivery.payload, headers, self._timeout)
         except Exception as exc:  # any transport failure means the same: not reached

@@ -9,6 +9,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -18,6 +19,10 @@ Mode = Literal["sync", "async"]
 Status = Literal["queued", "published"]
 # How a sync publisher's wait ended.
 WaitResult = Literal["published", "timeout", "draining"]
+# What a subscriber is sent: groker's own envelope, or CloudEvents (cloudevents.py), and
+# then in which HTTP content mode (a batch is always structured events in an array).
+Format = Literal["groker", "cloudevents"]
+CloudEventsMode = Literal["binary", "structured"]
 
 
 class JsonText(str):
@@ -37,17 +42,35 @@ def encode_body(body: Any) -> JsonText:
 Item = tuple[str, dict[str, str] | None]
 
 
-def fingerprint(items: list[Item], mode: Mode, callback: str | None, batch: bool) -> str:
+def fingerprint(
+    items: list[Item],
+    mode: Mode,
+    callback: str | None,
+    batch: bool,
+    attributes: dict[str, Any] | None = None,
+) -> str:
     """What an idempotency key is bound to: the whole request (one message, or a batch),
     hashed. Bodies are their encoded text, so the same values in the same order (whitespace
-    aside) are the same."""
+    aside) are the same. A published CloudEvent's attributes count too (only when there are
+    some, so that the fingerprints of other requests stay what they were)."""
     digest = hashlib.sha256(json.dumps([batch, len(items), mode, callback]).encode())
+    if attributes is not None:
+        digest.update(json.dumps(attributes, sort_keys=True).encode())
     for body_json, headers in items:
         digest.update(json.dumps(sorted((headers or {}).items())).encode())
         digest.update(b"\n")
         digest.update(body_json.encode())
         digest.update(b"\n")
     return digest.hexdigest()
+
+
+def attribute_headers(attributes: dict[str, Any] | None) -> dict[str, str]:
+    """A published CloudEvent's attributes as the headers of groker's envelope, named and
+    written as in the CloudEvents binary mode (`ce-type: com.example.order`, `ce-n: 5`)."""
+    return {
+        f"ce-{name}": value if isinstance(value, str) else json.dumps(value)
+        for name, value in (attributes or {}).items()
+    }
 
 
 class Reply(Protocol):
@@ -73,6 +96,9 @@ class Message:
     mode: Mode
     headers: dict[str, str] | None = None
     callback: str | None = None
+    # Published as a CloudEvent: its attributes (id, source, type, extensions...; all but
+    # its data, which is the body), kept to deliver the same event (cloudevents.py).
+    attributes: dict[str, Any] | None = None
     # With an idempotency key (scoped to the publisher's token), the fingerprint of the
     # request it was first sent with: the same key again is answered with this message.
     key: str | None = None
@@ -87,6 +113,9 @@ class Message:
     reply: Reply | None = field(default=None, repr=False)
     _pending: set[str] | None = field(default=None, repr=False)
     _payload: bytes = field(default=b"", repr=False)
+    # Other formats' encodings of this message (cloudevents.py), made on first use by a
+    # lane that needs one and shared by all of them; dropped with the payload.
+    _encodings: dict[str, bytes] | None = field(default=None, repr=False)
 
     @property
     def size(self) -> int:
@@ -94,6 +123,8 @@ class Message:
         the body's JSON text, the headers, the callback and the idempotency record."""
         headers = sum(len(k) + len(v) for k, v in self.headers.items()) if self.headers else 0
         kept = len(self.callback or "") + len(self.key or "") + len(self.fingerprint or "")
+        if self.attributes:
+            kept += sum(len(k) + len(str(v)) for k, v in self.attributes.items())
         return len(self.body_json) + headers + kept
 
     def begin_publication(self, subscriber_ids: list[str]) -> None:
@@ -104,7 +135,7 @@ class Message:
             {
                 "id": self.id,
                 "seq": self.seq,
-                "headers": self.headers or {},
+                "headers": self.headers or attribute_headers(self.attributes),
                 "published_at": self.published_at,
             },
             separators=(",", ":"),
@@ -116,6 +147,15 @@ class Message:
     def payload(self) -> bytes:
         """What every subscriber is sent (empty before publication and once it is over)."""
         return self._payload
+
+    def encoded(self, kind: str, encode: Callable[[Message], bytes]) -> bytes:
+        """This message as `kind` (a format's name), encoded once for every lane."""
+        if self._encodings is None:
+            self._encodings = {}
+        cached = self._encodings.get(kind)
+        if cached is None:
+            cached = self._encodings[kind] = encode(self)
+        return cached
 
     def resolve(self, subscriber_id: str, delivered: bool) -> bool:
         """Record one subscriber's outcome; True when that was the last one outstanding.
@@ -131,7 +171,8 @@ class Message:
         if self._pending:
             return False
         self.status = "published"
-        self._pending, self._payload = None, b""  # every lane is done with them
+        # Every lane is done with them.
+        self._pending, self._payload, self._encodings = None, b"", None
         return True
 
 
@@ -148,6 +189,9 @@ class Subscriber:
     # up to max_wait_ms for more; 1 is one message per POST (a plain object).
     max_batch: int = 1
     max_wait_ms: int = 0
+    # What each delivery is (see cloudevents.py for the CloudEvents format).
+    format: Format = "groker"
+    cloudevents_mode: CloudEventsMode = "binary"
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -156,6 +200,8 @@ class Subscriber:
             "created_at": self.created_at,
             "max_batch": self.max_batch,
             "max_wait_ms": self.max_wait_ms,
+            "format": self.format,
+            "cloudevents_mode": self.cloudevents_mode,
         }
 
 

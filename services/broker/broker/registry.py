@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 
 from broker.lanes import Lane
-from broker.model import Counters, Subscriber
+from broker.model import CloudEventsMode, Counters, Format, Subscriber
 from broker.storage.base import SubscriptionStore
 
 log = logging.getLogger(__name__)
@@ -30,13 +30,25 @@ class SubscriberRegistry:
         self._by_callback: dict[str, str] = {}
 
     def subscribe(
-        self, callback: str, max_batch: int = 1, max_wait_ms: int = 0
+        self,
+        callback: str,
+        max_batch: int = 1,
+        max_wait_ms: int = 0,
+        *,
+        format: Format = "groker",
+        cloudevents_mode: CloudEventsMode = "binary",
     ) -> tuple[Subscriber, bool]:
         """Register a callback; the same callback again is the same subscription (False)."""
         existing = self.find(callback)
         if existing is not None:
             return existing, False
-        subscriber = Subscriber(callback, max_batch=max_batch, max_wait_ms=max_wait_ms)
+        subscriber = Subscriber(
+            callback,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            format=format,
+            cloudevents_mode=cloudevents_mode,
+        )
         self._store.save_subscription(subscriber)
         self._add(subscriber)
         log.info("subscribed %s %s", subscriber.id, callback)

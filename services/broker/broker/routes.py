@@ -12,6 +12,7 @@ from werkzeug.exceptions import UnsupportedMediaType
 from werkzeug.routing import BaseConverter
 
 from broker.access import caller
+from broker.cloudevents import InvalidEvent, is_event, parse_event
 from broker.core import Broker
 from broker.errors import (
     ChallengeFailed,
@@ -23,7 +24,7 @@ from broker.errors import (
     Standby,
     StoreError,
 )
-from broker.model import WaitResult
+from broker.model import Message, Mode, WaitResult
 from broker.operations import Documented, route
 from broker.schemas import (
     BatchRequest,
@@ -31,6 +32,7 @@ from broker.schemas import (
     MessageStatus,
     NewSubscription,
     PublishHeaders,
+    PublishOptions,
     PublishRequest,
     SubscribeRequest,
     Subscription,
@@ -154,17 +156,50 @@ def _invalid(exc: ValidationError):
 def publish():
     broker = current_broker()
     key = _idempotency_key()
+    if is_event(request.content_type, request.headers.keys()):
+        return _publish_event(broker, key)
     req = _parse(PublishRequest)
     replayed = False
     if key is None:
         message = broker.publish(req.body, req.mode, req.headers, req.callback)
     else:
         message, replayed = broker.publish_once(key, req.body, req.mode, req.headers, req.callback)
+    return _published(broker, message, req.mode, replayed)
+
+
+def _publish_event(broker: Broker, key: str | None):
+    """POST /messages with a CloudEvent (structured, or binary: ce- headers): its data is
+    the body, its other attributes are kept with the message; `mode` and `callback` come
+    as groker-mode and groker-callback headers."""
+    options = PublishOptions.model_validate(
+        {
+            name: request.headers[f"groker-{name}"]
+            for name in ("mode", "callback")
+            if f"groker-{name}" in request.headers
+        }
+    )
+    try:
+        body, attributes = parse_event(request.headers, request.get_data(cache=False))
+    except InvalidEvent as exc:
+        return error(400, "invalid CloudEvent", str(exc))
+    mode, callback = options.mode, options.callback
+    if key is None:
+        message = broker.publish(body, mode, callback=callback, attributes=attributes)
+        replayed = False
+    else:
+        message, replayed = broker.publish_once(
+            key, body, mode, callback=callback, attributes=attributes
+        )
+    return _published(broker, message, options.mode, replayed)
+
+
+def _published(broker: Broker, message: Message, mode: Mode, replayed: bool):
+    """The answer to a publish of one message: at once (async), or once published (sync)."""
     # A plain f-string: url_for costs a few percent of this, the hottest route.
     headers = {"Location": f"/messages/{message.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    if req.mode == "async":
+    if mode == "async":
         return MessageStatus.of(message).body(), 202, headers
     outcome = broker.wait_published(message)
     return MessageStatus.of(message).body(), *_sync_answer(outcome, headers)
@@ -250,7 +285,13 @@ def get_message(message_id: str):
 )
 def subscribe():
     req = _parse(SubscribeRequest)
-    subscriber, created = current_broker().subscribe(req.callback, req.max_batch, req.max_wait_ms)
+    subscriber, created = current_broker().subscribe(
+        req.callback,
+        req.max_batch,
+        req.max_wait_ms,
+        format=req.format,
+        cloudevents_mode=req.cloudevents_mode,
+    )
     location = f"/subscriptions/{subscriber.id}"
     return NewSubscription.of(subscriber).body(), 201 if created else 200, {"Location": location}
 

@@ -168,6 +168,14 @@ class SubscribeRequest(BaseModel):
     max_wait_ms: int = Field(
         0, ge=0, le=MAX_WAIT_MS, description="how long to wait for more before a short batch"
     )
+    format: Literal["groker", "cloudevents"] = Field(
+        "groker", description="groker's envelope, or each message as a CloudEvent (spec 1.0)"
+    )
+    cloudevents_mode: Literal["binary", "structured"] = Field(
+        "binary",
+        description="CloudEvents over HTTP: ce- headers and the data as the body, or the"
+        " event as application/cloudevents+json; batches are always structured",
+    )
 
 
 # --- answers -----------------------------------------------------------------------------
@@ -222,6 +230,8 @@ class Subscription(Answer):
     created_at: float
     max_batch: int
     max_wait_ms: int
+    format: Literal["groker", "cloudevents"]
+    cloudevents_mode: Literal["binary", "structured"]
 
     @classmethod
     def of(cls, subscriber: Subscriber) -> Subscription:

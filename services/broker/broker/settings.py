@@ -68,6 +68,11 @@ class BrokerSettings(GrokerSettings):
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL", description="FULL survives power loss; NORMAL only a process crash"
     )
+    cloudevents_source: str = Field(
+        "/groker",
+        min_length=1,
+        description="the `source` of the CloudEvents delivered to subscribers that take them",
+    )
     drain_timeout: float = Field(
         20.0, ge=0, description="seconds to finish deliveries under way when stopping"
     )

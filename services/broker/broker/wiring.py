@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from broker.cloudevents import CloudEventsFormat
 from broker.core import Broker, Parts
 from broker.delivery import Courier
 from broker.dispatcher import Dispatcher
@@ -50,6 +51,7 @@ def build_broker(
         settings.delivery_attempts,
         settings.delivery_timeout,
         metrics.delivery_latency,
+        CloudEventsFormat(settings.cloudevents_source),
     )
     open_lane = partial(
         Lane,

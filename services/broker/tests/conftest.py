@@ -64,7 +64,10 @@ class Sink:
             start_response("200 OK", [("Content-Type", "application/json")])
             return [challenge]
         self.hits += 1
-        self.headers.append({k: v for k, v in environ.items() if k.startswith("HTTP_")})
+        # CONTENT_TYPE too: WSGI keeps it out of the HTTP_ variables.
+        self.headers.append(
+            {k: v for k, v in environ.items() if k.startswith("HTTP_") or k == "CONTENT_TYPE"}
+        )
         if self.hold is not None:
             self.hold.wait()
         if 200 <= self.status < 300:

@@ -52,8 +52,10 @@ def test_subscriptions_create_list_get_delete(client, make_sink):
     created = client.post("/subscriptions", json={"callback": sink.url})
     assert created.status_code == 201
     sub = created.get_json()
-    assert set(sub) == {"id", "callback", "created_at", "secret", "max_batch", "max_wait_ms"}
+    assert set(sub) == {"id", "callback", "created_at", "secret", "max_batch", "max_wait_ms",
+                        "format", "cloudevents_mode"}  # fmt: skip
     assert (sub["max_batch"], sub["max_wait_ms"]) == (1, 0)  # one message per POST
+    assert (sub["format"], sub["cloudevents_mode"]) == ("groker", "binary")
     assert sub["secret"].startswith("whsec_")
     again = client.post("/subscriptions", json={"callback": sink.url})
     assert again.status_code == 200 and again.get_json()["id"] == sub["id"]

@@ -5,11 +5,14 @@ each (composition); durable ones write the same changes through to their engine.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict, deque
 from itertools import chain, islice
 
 from broker.model import Message
+
+log = logging.getLogger(__name__)
 
 
 class QueueIndex:
@@ -33,6 +36,17 @@ class QueueIndex:
     def carry_on_from(self, seq: int) -> None:
         """After a restart: seq goes on from the highest one ever stored."""
         self._last_seq = max(self._last_seq, seq)
+
+    def recovered(self, subscriptions: int) -> None:
+        """A durable backend loaded what it keeps: say so, if there was anything."""
+        if self._queue or self._recent or subscriptions:
+            log.info(
+                "recovered %d queued messages, %d recent, %d subscriptions; seq goes on from %d",
+                len(self._queue),
+                len(self._recent),
+                subscriptions,
+                self._last_seq,
+            )
 
     def append(self, message: Message, committed: bool = True) -> None:
         if not committed:

@@ -8,7 +8,6 @@ holding its message has committed."""
 from __future__ import annotations
 
 import json
-import logging
 import sqlite3
 import time
 from collections.abc import Callable
@@ -23,7 +22,6 @@ from broker.storage.index import QueueIndex, ServedFromIndex
 if TYPE_CHECKING:
     from broker.settings import BrokerSettings
 
-log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -40,7 +38,8 @@ CREATE TABLE IF NOT EXISTS messages (
     failed INTEGER NOT NULL DEFAULT 0,
     notified INTEGER NOT NULL DEFAULT 0,
     idempotency_key TEXT,
-    fingerprint TEXT
+    fingerprint TEXT,
+    attributes TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_by_status ON messages (status, seq);
 CREATE TABLE IF NOT EXISTS subscriptions (
@@ -49,32 +48,37 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     created_at REAL NOT NULL,
     secret TEXT NOT NULL,
     max_batch INTEGER NOT NULL DEFAULT 1,
-    max_wait_ms INTEGER NOT NULL DEFAULT 0
+    max_wait_ms INTEGER NOT NULL DEFAULT 0,
+    format TEXT NOT NULL DEFAULT 'groker',
+    cloudevents_mode TEXT NOT NULL DEFAULT 'binary'
 );
 """
 
 # Files written before these columns existed get them at open: table -> column -> type.
 ADDED_COLUMNS = {
-    "messages": {"idempotency_key": "TEXT", "fingerprint": "TEXT"},
+    "messages": {"idempotency_key": "TEXT", "fingerprint": "TEXT", "attributes": "TEXT"},
     "subscriptions": {
         "max_batch": "INTEGER NOT NULL DEFAULT 1",
         "max_wait_ms": "INTEGER NOT NULL DEFAULT 0",
+        "format": "TEXT NOT NULL DEFAULT 'groker'",
+        "cloudevents_mode": "TEXT NOT NULL DEFAULT 'binary'",
     },
 }
 INSERT_MESSAGE = (
     "INSERT INTO messages"
-    " (seq, id, body, headers, mode, callback, accepted_at, idempotency_key, fingerprint)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " (seq, id, body, headers, mode, callback, accepted_at, idempotency_key, fingerprint,"
+    " attributes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 MARK_PUBLISHED = (
     "UPDATE messages SET status = 'published', published_at = ?, delivered = ?, failed = ?,"
     " notified = ? WHERE seq = ?"
 )
 MARK_NOTIFIED = "UPDATE messages SET notified = 1 WHERE seq = ?"
-SUBSCRIPTION_COLUMNS = "id, callback, created_at, secret, max_batch, max_wait_ms"
+SUBSCRIPTION_COLUMNS = (
+    "id, callback, created_at, secret, max_batch, max_wait_ms, format, cloudevents_mode"
+)
 INSERT_SUBSCRIPTION = (
-    "INSERT OR REPLACE INTO subscriptions"
-    " (id, callback, created_at, secret, max_batch, max_wait_ms) VALUES (?, ?, ?, ?, ?, ?)"
+    f"INSERT OR REPLACE INTO subscriptions ({SUBSCRIPTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 DELETE_SUBSCRIPTION = "DELETE FROM subscriptions WHERE id = ?"
 # Never prunes the newest row, so that seq carries on from it after a restart.
@@ -86,7 +90,7 @@ PRUNE = (
 Statement = tuple[str, tuple[Any, ...]]
 COLUMNS = (
     "seq, id, body, headers, mode, callback, accepted_at, status, published_at,"
-    " delivered, failed, notified, idempotency_key, fingerprint"
+    " delivered, failed, notified, idempotency_key, fingerprint, attributes"
 )
 
 
@@ -188,19 +192,21 @@ class SqliteStore(ServedFromIndex):
         (last,) = self._writer.run(self._query, "SELECT COALESCE(MAX(seq), 0) FROM messages")
         self._index.carry_on_from(last[0])
         self._subscriptions = [
-            Subscriber(cb, id=sid, created_at=at, secret=secret, max_batch=most, max_wait_ms=wait)
-            for sid, cb, at, secret, most, wait in self._writer.run(
+            Subscriber(
+                cb,
+                id=sid,
+                created_at=at,
+                secret=secret,
+                max_batch=most,
+                max_wait_ms=wait,
+                format=kind,
+                cloudevents_mode=mode,
+            )
+            for sid, cb, at, secret, most, wait, kind, mode in self._writer.run(
                 self._query, f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions"
             )
         ]
-        if rows or recent or self._subscriptions:
-            log.info(
-                "recovered %d queued messages, %d recent, %d subscriptions; seq goes on from %d",
-                len(rows),
-                len(recent),
-                len(self._subscriptions),
-                self._index.last_seq(),
-            )
+        self._index.recovered(len(self._subscriptions))
 
     # --- the Store interface (the reads: ServedFromIndex) ---------------------------------
     def append(self, message: Message) -> None:
@@ -225,6 +231,8 @@ class SqliteStore(ServedFromIndex):
                     message.accepted_at,
                     message.key,
                     message.fingerprint,
+                    # NULL for all but published CloudEvents.
+                    None if message.attributes is None else json.dumps(message.attributes),
                 ),
                 wait=message is messages[-1],
                 appended=message,
@@ -260,6 +268,8 @@ class SqliteStore(ServedFromIndex):
                 subscriber.secret,
                 subscriber.max_batch,
                 subscriber.max_wait_ms,
+                subscriber.format,
+                subscriber.cloudevents_mode,
             ),
             wait=True,
         )
@@ -277,7 +287,7 @@ class SqliteStore(ServedFromIndex):
 
 def _message(row: tuple[Any, ...]) -> Message:
     seq, mid, body, headers, mode, callback, accepted_at, status, published_at, *rest = row
-    delivered, failed, notified, key, fingerprint = rest
+    delivered, failed, notified, key, fingerprint, attributes = rest
     return Message(
         id=mid,
         seq=seq,
@@ -293,4 +303,5 @@ def _message(row: tuple[Any, ...]) -> Message:
         body_json=body,
         key=key,
         fingerprint=fingerprint,
+        attributes=None if attributes is None else json.loads(attributes),
     )

@@ -5,7 +5,8 @@ Every key is under one hash tag, `{prefix}` (GROKER_VALKEY_PREFIX, "groker" by d
 so a Valkey cluster keeps them in one slot and one script may touch them all:
 
     {groker}:messages       hash   seq -> the message as accepted (JSON: id, body, headers,
-                                   mode, callback, accepted_at, key, fingerprint); written
+                                   mode, callback, accepted_at, key, fingerprint, and for
+                                   a published CloudEvent its attributes); written
                                    once, so a publication never writes the body again
     {groker}:outcomes       hash   seq -> [published_at, delivered, failed, notified] (JSON),
                                    for published messages only
@@ -13,7 +14,9 @@ so a Valkey cluster keeps them in one slot and one script may touch them all:
     {groker}:published      zset   seqs published, scored by published_at (for pruning)
     {groker}:last_seq       string the highest seq ever stored: seq never repeats, even once
                                    every message is pruned
-    {groker}:subscriptions  hash   subscriber id -> {callback, created_at, secret} (JSON)
+    {groker}:subscriptions  hash   subscriber id -> {callback, created_at, secret, max_batch,
+                                   max_wait_ms, format, cloudevents_mode} (JSON; rows
+                                   written before a field existed get its default)
     {groker}:owner          string who may write: the fencing token (see WRITE)
 
 Writes go through `group_commit.GroupCommit` (one writer thread, since the client blocks):
@@ -26,7 +29,6 @@ to another one can no longer write)."""
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -42,7 +44,6 @@ from broker.storage.index import QueueIndex, ServedFromIndex
 if TYPE_CHECKING:
     from broker.settings import BrokerSettings
 
-log = logging.getLogger(__name__)
 
 KEYS = ("owner", "last_seq", "messages", "outcomes", "queued", "published", "subscriptions")
 # A write: an opcode and its arguments, as WRITE reads them from ARGV.
@@ -236,14 +237,7 @@ class ValkeyStore(ServedFromIndex):
         for message in published:
             self._index.remember_published(message)
         self._index.carry_on_from(last)
-        if queued or published or self._subscriptions:
-            log.info(
-                "recovered %d queued messages, %d recent, %d subscriptions; seq goes on from %d",
-                len(queued),
-                len(published),
-                len(self._subscriptions),
-                self._index.last_seq(),
-            )
+        self._index.recovered(len(self._subscriptions))
 
     # --- the Store interface (the reads: ServedFromIndex) ---------------------------------
     def append(self, message: Message) -> None:
@@ -279,6 +273,8 @@ class ValkeyStore(ServedFromIndex):
             "secret": subscriber.secret,
             "max_batch": subscriber.max_batch,
             "max_wait_ms": subscriber.max_wait_ms,
+            "format": subscriber.format,
+            "cloudevents_mode": subscriber.cloudevents_mode,
         }
         self._writer.submit(("S", subscriber.id, json.dumps(fields)), wait=True)
 
@@ -304,6 +300,7 @@ def _row(message: Message) -> str:
             "accepted_at": message.accepted_at,
             "key": message.key,
             "fingerprint": message.fingerprint,
+            "attributes": message.attributes,
         },
         separators=(",", ":"),
     )
@@ -327,6 +324,8 @@ def _message(seq: int, row: str, outcome: str | None = None) -> Message:
         accepted_at=fields["accepted_at"],
         key=fields["key"],
         fingerprint=fields["fingerprint"],
+        # Rows written before CloudEvents were published have none.
+        attributes=fields.get("attributes"),
     )
     if outcome is not None:
         message.published_at, message.delivered, message.failed, message.notified = json.loads(
