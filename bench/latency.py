@@ -15,11 +15,12 @@ import gevent
 import gevent.pool
 
 from bench import load
-from bench.common import broker, percentile, sinks, subscribe_all
+from bench.common import broker, call, percentile, sinks, subscribe_all
 from bench.fanout import payloads
 from groker_common.http import JSON_HEADERS, HttpPool
 
 RATES = (100, 1000)
+BATCHED = 100  # max_batch of the subscribers in the batched point
 SUBSCRIBERS = 3
 
 
@@ -85,5 +86,24 @@ def run(short: bool) -> dict[str, Any]:
                 "direct": paced(rate, seconds, direct),
             }
             out["points"].append({"rate": rate, **point})
+        # The same subscribers taking batches (max_batch 100) from a broker of their own:
+        # at the highest rate, against the same direct round trips.
+        with broker("memory") as (batching_url, _):
+            for callback in callbacks:
+                call("POST", f"{batching_url}/subscriptions",
+                     {"callback": callback, "max_batch": BATCHED})  # fmt: skip
+
+            def publish_batching(_i: int) -> bool:
+                answer = pool.request("POST", f"{batching_url}/messages", body, JSON_HEADERS, 30)
+                return answer[0] == 200
+
+            paced(100, 1, publish_batching)
+            rate = max(RATES)
+            out["batched"] = {
+                "rate": rate,
+                "max_batch": BATCHED,
+                "broker": paced(rate, seconds, publish_batching),
+                "direct": out["points"][-1]["direct"],
+            }
     pool.close()
     return out

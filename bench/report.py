@@ -82,6 +82,16 @@ def latency_rows(r: dict[str, Any]) -> list[Row]:
             case = f"{p['rate']:,} msg/s sync {q[:3]}, memory"
             rows.append(("latency", case, _num(b[q], "ms", 1), _num(d[q], "ms", 1),
                          f"{ratio(b[q], d[q]):.2f}", notes))  # fmt: skip
+    if "batched" in r:
+        p = r["batched"]
+        b, d = p["broker"], p["direct"]
+        notes = (f"subscribers with max_batch {p['max_batch']}; achieved {b['achieved']:,}/s "
+                 f"(direct {d['achieved']:,}/s), failed {b['failed']}, "
+                 f"max {b['max_ms']:,} ms")  # fmt: skip
+        for q in ("p50_ms", "p99_ms"):
+            case = f"{p['rate']:,} msg/s sync {q[:3]}, batches"
+            rows.append(("latency", case, _num(b[q], "ms", 1), _num(d[q], "ms", 1),
+                         f"{ratio(b[q], d[q]):.2f}", notes))  # fmt: skip
     return rows
 
 
