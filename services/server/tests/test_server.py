@@ -287,6 +287,8 @@ def refused(port: int) -> bool:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     except ConnectionRefusedError:
         return True
+    except (ConnectionResetError, TimeoutError):
+        return False  # a listener still going away (its backlog reset): not yet
     return False
 
 
