@@ -17,6 +17,14 @@ def _num(value: float | None, unit: str, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f} {unit}"
 
 
+def _row(
+    bench: str, case: str, value: float, baseline: float, unit: str, notes: str, digits: int = 0
+) -> Row:
+    """One figure next to its same-run baseline, and their ratio."""
+    return (bench, case, _num(value, unit, digits), _num(baseline, unit, digits),
+            f"{ratio(value, baseline):.2f}", notes)  # fmt: skip
+
+
 def accept_rows(r: dict[str, Any]) -> list[Row]:
     base = r["baseline"]["rate"]
     rows = []
@@ -25,8 +33,9 @@ def accept_rows(r: dict[str, Any]) -> list[Row]:
         notes = (f"queue end {s['queue_end']:,} (peak {s['queue_peak']:,}); delivered "
                  f"{s['delivered_rate']:,.0f}/s meanwhile; drained in {s['drain_s']} s; "
                  f"non-2xx {s['non_2xx']}")  # fmt: skip
-        rows.append(("accept", f"{store} store, async publish", _num(s["rate"], "msg/s"),
-                     _num(base, "msg/s"), f"{ratio(s['rate'], base):.2f}", notes))  # fmt: skip
+        rows.append(
+            _row("accept", f"{store} store, async publish", s["rate"], base, "msg/s", notes)
+        )
     if "alone_batch" in r:
         batched, single = r["alone_batch"], r["alone"]
         per_request = batched["rate"] / batched["batch"]
@@ -34,16 +43,14 @@ def accept_rows(r: dict[str, Any]) -> list[Row]:
                  f"nobody subscribed; baseline: one message per request on the same broker "
                  f"({single['rate'] / base:.2f} of the bare route); non-2xx "
                  f"{batched['non_2xx']}")  # fmt: skip
-        rows.append(("accept", "sqlite, batches, accepting alone", _num(batched["rate"], "msg/s"),
-                     _num(single["rate"], "msg/s"), f"{ratio(batched['rate'], single['rate']):.2f}",
-                     notes))  # fmt: skip
+        case = "sqlite, batches, accepting alone"
+        rows.append(_row("accept", case, batched["rate"], single["rate"], "msg/s", notes))
     if "sqlite_keyed" in r:
         keyed, plain = r["sqlite_keyed"], r["sqlite"]
         notes = (f"baseline: the sqlite run above, without keys; replayed {keyed['replayed']}, "
                  f"non-2xx {keyed['non_2xx']}")  # fmt: skip
-        rows.append(("accept", "sqlite, each with an Idempotency-Key", _num(keyed["rate"], "msg/s"),
-                     _num(plain["rate"], "msg/s"), f"{ratio(keyed['rate'], plain['rate']):.2f}",
-                     notes))  # fmt: skip
+        case = "sqlite, each with an Idempotency-Key"
+        rows.append(_row("accept", case, keyed["rate"], plain["rate"], "msg/s", notes))
     return rows
 
 
@@ -58,40 +65,32 @@ def fanout_rows(r: dict[str, Any]) -> list[Row]:
             tail = _num(s.get("tail_rate"), "/s")
             notes = (f"M={s['messages']:,}, publishing took {s['publish_s']} s, {tail} after it;"
                      f" runs {s['samples']} (raw {p['raw']['samples']})")  # fmt: skip
-            rows.append(("fan-out", f"N={p['subscribers']} {store}", _num(s["rate"], "dlv/s"),
-                         _num(raw, "dlv/s"), f"{ratio(s['rate'], raw):.2f}", notes))  # fmt: skip
+            case = f"N={p['subscribers']} {store}"
+            rows.append(_row("fan-out", case, s["rate"], raw, "dlv/s", notes))
     if "batched" in r:
         b = r["batched"]
         batched, single = b["batched"], b["single"]
         notes = (f"M={b['messages']:,} published in batches of 100 (took {batched['publish_s']} s"
                  f" / {single['publish_s']} s); baseline: the same N with max_batch 1; failed "
                  f"{batched['failed']}")  # fmt: skip
-        rows.append(("fan-out", f"N={b['subscribers']} sqlite, max_batch {b['max_batch']}",
-                     _num(batched["rate"], "dlv/s"), _num(single["rate"], "dlv/s"),
-                     f"{ratio(batched['rate'], single['rate']):.2f}", notes))  # fmt: skip
+        case = f"N={b['subscribers']} sqlite, max_batch {b['max_batch']}"
+        rows.append(_row("fan-out", case, batched["rate"], single["rate"], "dlv/s", notes))
     return rows
 
 
 def latency_rows(r: dict[str, Any]) -> list[Row]:
     rows = []
-    for p in r["points"]:
-        b, d = p["broker"], p["direct"]
-        notes = (f"achieved {b['achieved']:,}/s (direct {d['achieved']:,}/s), "
-                 f"failed {b['failed']}, max {b['max_ms']:,} ms")  # fmt: skip
-        for q in ("p50_ms", "p99_ms"):
-            case = f"{p['rate']:,} msg/s sync {q[:3]}, memory"
-            rows.append(("latency", case, _num(b[q], "ms", 1), _num(d[q], "ms", 1),
-                         f"{ratio(b[q], d[q]):.2f}", notes))  # fmt: skip
+    points = [(p, "memory", "") for p in r["points"]]
     if "batched" in r:
         p = r["batched"]
+        points.append((p, "batches", f"subscribers with max_batch {p['max_batch']}; "))
+    for p, label, prefix in points:
         b, d = p["broker"], p["direct"]
-        notes = (f"subscribers with max_batch {p['max_batch']}; achieved {b['achieved']:,}/s "
-                 f"(direct {d['achieved']:,}/s), failed {b['failed']}, "
-                 f"max {b['max_ms']:,} ms")  # fmt: skip
+        notes = (f"{prefix}achieved {b['achieved']:,}/s (direct {d['achieved']:,}/s), "
+                 f"failed {b['failed']}, max {b['max_ms']:,} ms")  # fmt: skip
         for q in ("p50_ms", "p99_ms"):
-            case = f"{p['rate']:,} msg/s sync {q[:3]}, batches"
-            rows.append(("latency", case, _num(b[q], "ms", 1), _num(d[q], "ms", 1),
-                         f"{ratio(b[q], d[q]):.2f}", notes))  # fmt: skip
+            case = f"{p['rate']:,} msg/s sync {q[:3]}, {label}"
+            rows.append(_row("latency", case, b[q], d[q], "ms", notes, digits=1))
     return rows
 
 

@@ -140,7 +140,7 @@ class Broker:
 
     def publish_once(
         self,
-        key: str,
+        key: str | None,
         body: Any,
         mode: Mode = "async",
         headers: dict[str, str] | None = None,
@@ -149,7 +149,8 @@ class Broker:
     ) -> tuple[Message, bool]:
         """Publish with an idempotency key (already scoped to the publisher): the same key
         with the same request, within `idempotency_seconds` and while the message is
-        kept, returns the first message and True (replayed) instead of a new one."""
+        kept, returns the first message and True (replayed) instead of a new one. Without
+        a key, `publish` (never replayed)."""
         messages, replayed = self._accept(
             [(body, headers)], mode, callback, key, batch=False, attributes=attributes
         )
@@ -298,7 +299,13 @@ class Broker:
         if self.settings.verify_subscriptions:
             challenge_callback(self._http, callback, self.settings.attempt_timeout)
         subscribed = self.registry.subscribe(
-            callback, max_batch, max_wait_ms, format=format, cloudevents_mode=cloudevents_mode
+            Subscriber(
+                callback,
+                max_batch=max_batch,
+                max_wait_ms=max_wait_ms,
+                format=format,
+                cloudevents_mode=cloudevents_mode,
+            )
         )
         self._dispatcher.wake()
         return subscribed

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 
 from broker.lanes import Lane
-from broker.model import CloudEventsMode, Counters, Format, Subscriber
+from broker.model import Counters, Subscriber
 from broker.storage.base import SubscriptionStore
 
 log = logging.getLogger(__name__)
@@ -29,30 +29,16 @@ class SubscriberRegistry:
         self._lanes: dict[str, Lane] = {}
         self._by_callback: dict[str, str] = {}
 
-    def subscribe(
-        self,
-        callback: str,
-        max_batch: int = 1,
-        max_wait_ms: int = 0,
-        *,
-        format: Format = "groker",
-        cloudevents_mode: CloudEventsMode = "binary",
-    ) -> tuple[Subscriber, bool]:
-        """Register a callback; the same callback again is the same subscription (False)."""
-        existing = self.find(callback)
+    def subscribe(self, candidate: Subscriber) -> tuple[Subscriber, bool]:
+        """Register a new subscriber; one whose callback is registered already is the same
+        subscription (the registered one, False)."""
+        existing = self.find(candidate.callback)
         if existing is not None:
             return existing, False
-        subscriber = Subscriber(
-            callback,
-            max_batch=max_batch,
-            max_wait_ms=max_wait_ms,
-            format=format,
-            cloudevents_mode=cloudevents_mode,
-        )
-        self._store.save_subscription(subscriber)
-        self._add(subscriber)
-        log.info("subscribed %s %s", subscriber.id, callback)
-        return subscriber, True
+        self._store.save_subscription(candidate)
+        self._add(candidate)
+        log.info("subscribed %s %s", candidate.id, candidate.callback)
+        return candidate, True
 
     def restore(self) -> None:
         """Take back the subscriptions a restarted broker had."""

@@ -159,11 +159,7 @@ def publish():
     if is_event(request.content_type, request.headers.keys()):
         return _publish_event(broker, key)
     req = _parse(PublishRequest)
-    replayed = False
-    if key is None:
-        message = broker.publish(req.body, req.mode, req.headers, req.callback)
-    else:
-        message, replayed = broker.publish_once(key, req.body, req.mode, req.headers, req.callback)
+    message, replayed = broker.publish_once(key, req.body, req.mode, req.headers, req.callback)
     return _published(broker, message, req.mode, replayed)
 
 
@@ -182,14 +178,9 @@ def _publish_event(broker: Broker, key: str | None):
         body, attributes = parse_event(request.headers, request.get_data(cache=False))
     except InvalidEvent as exc:
         return error(400, "invalid CloudEvent", str(exc))
-    mode, callback = options.mode, options.callback
-    if key is None:
-        message = broker.publish(body, mode, callback=callback, attributes=attributes)
-        replayed = False
-    else:
-        message, replayed = broker.publish_once(
-            key, body, mode, callback=callback, attributes=attributes
-        )
+    message, replayed = broker.publish_once(
+        key, body, options.mode, callback=options.callback, attributes=attributes
+    )
     return _published(broker, message, options.mode, replayed)
 
 

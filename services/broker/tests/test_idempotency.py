@@ -121,9 +121,13 @@ def test_a_sync_retry_waits_on_the_same_message(make_app, make_sink):
     assert retried.status_code == 504
     assert retried.get_json()["id"] == timed_out.get_json()["id"]
     sink = make_sink()
-    subscribing = gevent.spawn(
-        lambda: gevent.sleep(0.1) or client.post("/subscriptions", json={"callback": sink.url})
-    )
+    broker = app.extensions["groker"]
+
+    def subscribe_once_the_retry_waits() -> None:
+        wait_until(lambda: sum(broker._waiting.values()) == 1, what="the retry waiting")
+        client.post("/subscriptions", json={"callback": sink.url})
+
+    subscribing = gevent.spawn(subscribe_once_the_retry_waits)
     # Retried while it is queued; answered once the subscriber joined and got it.
     published = client.post("/messages", json=request, headers=KEY)
     subscribing.join()
@@ -207,7 +211,7 @@ def test_every_request_waiting_on_one_keyed_sync_message_is_answered_on_drain(br
     retried, replayed = broker.publish_once("k", "queued", mode="sync")
     assert retried is message and replayed
     waiters = [gevent.spawn(broker.wait_published, m) for m in (message, retried)]
-    gevent.sleep(0.05)
+    wait_until(lambda: sum(broker._waiting.values()) == 2, what="both waiting")
     waiters[0].kill()  # one waiter gone (its client hung up) ...
     broker.drain()  # ... the other is still answered when the broker stops
     assert waiters[1].get(timeout=2) == "draining"

@@ -68,7 +68,8 @@ def test_a_standby_takes_over_the_queue_when_the_owner_stops(valkey_server, make
     first.start()
     wait_until(lambda: first.ready, what="the first replica to own the queue")
     second.start()
-    gevent.sleep(1)
+    # Longer than the lease: the owner renews it, so the standby never takes over.
+    gevent.sleep(settings.lease_seconds * 1.5)
     assert (first.role, second.role, second.ready) == ("owner", "standby", False)
     message, _ = first.broker.publish_once("k", {"n": 1})
     first.stop()  # hands the lease over
@@ -156,7 +157,11 @@ def test_an_owner_paused_past_its_lease_stops_and_comes_back_as_a_standby(
                 return False
 
         wait_until(replaced, timeout=10, what="the paused worker to leave")
-        gevent.sleep(1)
+        wait_until(
+            lambda: http.request_json("GET", f"{first.url}/healthz")[0] == 200,
+            timeout=10,
+            what="its new worker to answer",
+        )
         assert http.request_json("GET", f"{first.url}/readyz")[0] == 503  # a standby now
         assert http.request_json("GET", f"{second.url}/readyz")[0] == 200
         status, answer = http.request_json("POST", f"{second.url}/messages", {"body": 2})

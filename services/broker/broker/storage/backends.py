@@ -31,8 +31,4 @@ def open_store(
     a shared store writes only while `owner_token` owns it (replica.py)."""
     if settings.store not in BACKENDS:
         raise ValueError(f"GROKER_STORE={settings.store!r}: not one of {', '.join(BACKENDS)}")
-    if owner_token is not None:
-        return BACKENDS[settings.store](
-            settings, observe_write=observe_write, owner_token=owner_token
-        )
-    return BACKENDS[settings.store](settings, observe_write=observe_write)
+    return BACKENDS[settings.store](settings, observe_write=observe_write, owner_token=owner_token)

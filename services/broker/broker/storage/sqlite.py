@@ -124,8 +124,13 @@ class SqliteStore(ServedFromIndex):
 
     @classmethod
     def from_settings(
-        cls, settings: BrokerSettings, observe_write: Callable[[float], None] | None = None
+        cls,
+        settings: BrokerSettings,
+        observe_write: Callable[[float], None] | None = None,
+        owner_token: str | None = None,
     ) -> SqliteStore:
+        # One broker process owns a SQLite file: there is no other writer to fence off.
+        del owner_token
         return cls(
             settings.db_path,
             settings.retention_count,
