@@ -16,6 +16,7 @@ from broker.replica import Replica
 from broker.routes import api
 from broker.settings import BrokerSettings
 from broker.storage.lease import OwnerLease
+from broker.storage.valkey_client import ValkeyTarget
 from broker.wiring import build_broker
 from groker_common.logs import configure_logging
 from groker_common.metrics import metrics_blueprint
@@ -32,7 +33,7 @@ def _lost_the_queue() -> None:
     # Another replica owns the queue now: stop delivering at once, with no drain. gunicorn
     # starts a fresh worker, which waits as a standby (any exit code but gunicorn's own 3
     # and 4, which would stop gunicorn altogether).
-    log.critical("exiting: another replica owns the queue")
+    log.critical("exiting: this replica no longer owns the queue, or cannot tell what it holds")
     logging.shutdown()
     os._exit(LOST_THE_QUEUE)
 
@@ -44,7 +45,9 @@ def create_app(settings: BrokerSettings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     metrics = BrokerMetrics()
     lease = (
-        OwnerLease(settings.valkey_url, settings.valkey_prefix, settings.lease_seconds)
+        OwnerLease(
+            ValkeyTarget.from_settings(settings), settings.valkey_prefix, settings.lease_seconds
+        )
         if settings.store in SHARED_STORES
         else None
     )

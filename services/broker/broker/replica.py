@@ -4,7 +4,9 @@ memory stores), or, when replicas share one Valkey, the owner of the queue or a 
 Only the owner of the ownership lease (storage/lease.py) runs a broker; a standby answers
 /healthz but not /readyz, and its API answers 503 until it takes over. A replica that loses
 the lease stops at once (`on_lost`): its store can no longer write, and its lanes must not
-go on delivering next to the new owner's."""
+go on delivering next to the new owner's. So does an owner whose store is no longer sound
+(a write failed and may have been applied): it hands the lease over first, and whichever
+replica takes it, this one restarted included, starts from what Valkey holds."""
 
 from __future__ import annotations
 
@@ -17,6 +19,10 @@ from broker.core import Broker
 from broker.storage.lease import OwnerLease
 
 log = logging.getLogger(__name__)
+
+# Seconds between looks at the store's soundness while owning: a store that is not sound
+# refuses every write, so this bounds only how long publishers get 503 before the handover.
+SOUNDNESS_CHECK = 0.1
 
 
 class Replica:
@@ -51,9 +57,20 @@ class Replica:
     def _own(self, lease: OwnerLease) -> None:
         lease.acquire()
         self._activate(lease.token)
-        lease.keep()
-        if not self._stopping:
-            self._on_lost()
+        assert self.broker is not None
+        keeping = gevent.spawn(lease.keep)  # returns once the lease is lost
+        try:
+            while not keeping.ready() and self.broker.store.sound:
+                gevent.sleep(SOUNDNESS_CHECK)
+        finally:
+            lost = keeping.ready()
+            keeping.kill()
+        if self._stopping:
+            return
+        if not lost:
+            log.error("a store write failed: handing the queue over, to start again from Valkey")
+            lease.release()
+        self._on_lost()
 
     @property
     def ready(self) -> bool:

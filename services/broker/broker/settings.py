@@ -65,6 +65,21 @@ class BrokerSettings(GrokerSettings):
     valkey_prefix: str = Field(
         "groker", description="hash tag of every Valkey key the broker keeps: {prefix}:..."
     )
+    valkey_sentinels: CommaList = Field(
+        default_factory=list,
+        description="host:port of Valkey Sentinels; set, the broker writes to the primary they"
+        " name for GROKER_VALKEY_SERVICE, found again after a failover (GROKER_VALKEY_URL then"
+        " gives only the password and database)",
+    )
+    valkey_service: str = Field(
+        "groker", min_length=1, description="the Sentinels' name for the Valkey primary"
+    )
+    valkey_wait_replicas: int = Field(
+        0,
+        ge=0,
+        description="N > 0: a write is answered only once it is in the append-only file of"
+        " the primary and of N replicas (WAITAOF 1 N), so a failover cannot lose it",
+    )
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL", description="FULL survives power loss; NORMAL only a process crash"
     )
@@ -100,7 +115,9 @@ class BrokerSettings(GrokerSettings):
     max_header_bytes: int = Field(16_384, ge=1024, description="request headers' total size")
     log_level: str = "INFO"
 
-    @field_validator("publish_tokens", "manage_tokens", "allowed_networks", mode="before")
+    @field_validator(
+        "publish_tokens", "manage_tokens", "allowed_networks", "valkey_sentinels", mode="before"
+    )
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):

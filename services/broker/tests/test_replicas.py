@@ -11,7 +11,9 @@ import time
 from typing import Any
 
 import gevent
+import pytest
 
+from broker.errors import StoreError
 from broker.replica import Replica
 from broker.storage.lease import OwnerLease
 from broker.wiring import build_broker
@@ -86,6 +88,44 @@ def test_a_standby_takes_over_the_queue_when_the_owner_stops(valkey_server, make
         assert not lost
     finally:
         second.stop()
+
+
+def test_an_owner_whose_write_failed_hands_the_queue_over_and_stops(
+    valkey_server, make_sink, caplog
+):
+    """A failed write may have been applied: the owner cannot tell what Valkey holds, so it
+    stops (on_lost, an exit in the app) after handing the lease over, and the replica that
+    takes over starts from Valkey, where the refused message is not."""
+    settings = settings_for_tests(store="valkey", valkey_url=valkey_server.url, lease_seconds=2)
+    lost: list[str] = []
+
+    def replica(name: str) -> Replica:
+        return Replica(
+            lambda token: build_broker(settings, owner_token=token),
+            OwnerLease(settings.valkey_url, settings.valkey_prefix, settings.lease_seconds),
+            on_active=lambda broker: None,
+            on_lost=lambda: lost.append(name),
+        )
+
+    first, second = replica("first"), replica("second")
+    first.start()
+    wait_until(lambda: first.ready, what="the first replica to own the queue")
+    second.start()
+    kept, _ = first.broker.publish_once("kept", {"n": 1})
+    valkey_server.kill()
+    with pytest.raises(StoreError):
+        first.broker.publish_once("refused", {"n": 2})
+    valkey_server.start()
+    wait_until(lambda: lost == ["first"], what="the owner to stop")
+    assert "a store write failed: handing the queue over" in caplog.text
+    wait_until(lambda: second.ready, what="the standby to take over")
+    try:
+        assert second.broker.message(kept.id).seq == kept.seq
+        again, replayed = second.broker.publish_once("refused", {"n": 2})
+        assert not replayed and again.seq > kept.seq
+    finally:
+        second.stop()
+        first.stop()
 
 
 def test_a_killed_owner_is_replaced_within_its_lease_and_nothing_accepted_is_lost(

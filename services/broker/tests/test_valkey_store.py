@@ -16,10 +16,10 @@ from broker.model import Message, Subscriber
 from broker.settings import BrokerSettings
 from broker.storage.valkey import ValkeyStore
 from broker.wiring import build_broker
-from groker_common.testing import free_port, wait_until
+from groker_common.testing import free_port, poll, wait_until
 
 from .conftest import settings_for_tests
-from .valkey_server import ValkeyProcess
+from .valkey_server import SentinelProcess, ValkeyProcess
 
 
 def message(seq: int, key: str | None = None, callback: str | None = None) -> Message:
@@ -164,9 +164,11 @@ def test_an_idempotency_key_survives_a_restart(valkey_settings):
         second.stop()
 
 
-def test_a_failed_write_is_refused_never_delivered_and_publishing_recovers(
+def test_a_failed_write_is_refused_never_delivered_and_the_broker_starts_over(
     valkey_server, valkey_settings, make_sink
 ):
+    """Refused, and then nothing more is written (the store cannot tell what Valkey holds)
+    until a broker starts over from Valkey, where the publisher's retry is a new message."""
     sink = make_sink()
     broker = build_broker(valkey_settings)
     broker.start()
@@ -179,13 +181,45 @@ def test_a_failed_write_is_refused_never_delivered_and_publishing_recovers(
             broker.publish_once("refused", "lost")
         assert broker.store.unpublished() == 0 and broker.store.head() is None
         assert broker.store.by_key("refused") is None  # the key went with it
+        assert not broker.store.sound
         valkey_server.start()
-        _, replayed = broker.publish_once("refused", "after")
-        assert not replayed
+        with pytest.raises(StoreError, match="starting over"):
+            broker.publish_once("refused", "after")
+    finally:
+        broker.stop()
+    again = build_broker(valkey_settings)
+    again.start()
+    try:
+        _, replayed = again.publish_once("refused", "after")
+        assert not replayed  # Valkey was down: the first attempt never reached it
         wait_until(lambda: len(sink.received) == 2, what="the delivery after the restart")
         assert [m["body"] for m in sink.received] == ["before", "after"]
     finally:
-        broker.stop()
+        again.stop()
+
+
+def test_a_write_its_replicas_did_not_confirm_is_found_by_the_retry_after_the_restart(
+    valkey_server,
+):
+    """WAITAOF answering too few replicas: refused (503), yet written on the primary, so
+    the store writes nothing more, and the retry with the key replays that message rather
+    than making a second one (nor one behind later messages)."""
+    store = ValkeyStore(valkey_server.url, wait_replicas=1, wait_ms=100)
+    try:
+        with pytest.raises(StoreError, match="append-only file of 0 replicas, not 1"):
+            store.append(message(1, key="k"))
+        assert store.by_key("k") is None and not store.sound
+        with pytest.raises(StoreError, match="starting over"):
+            store.append(message(2))
+    finally:
+        store.close()
+    again = ValkeyStore(valkey_server.url)
+    try:
+        kept = again.by_key("k")
+        assert kept is not None and kept.seq == 1
+        assert [m.seq for m in again.unpublished_messages()] == [1]
+    finally:
+        again.close()
 
 
 def test_a_fenced_store_writes_nothing(valkey_server):
@@ -201,9 +235,10 @@ def test_a_fenced_store_writes_nothing(valkey_server):
         assert store.head() is None and store.by_key("k") is None
         with valkey_server.client() as client:
             assert client.keys("*") == ["{groker}:owner"]
-            client.set("{groker}:owner", "this broker")  # ownership handed over
-        store.append(message(2))
-        assert store.head().seq == 2
+            client.set("{groker}:owner", "this broker")  # ownership back: too late
+        with pytest.raises(StoreError, match="starting over"):
+            store.append(message(2))
+        assert not store.sound
     finally:
         store.close()
 
@@ -242,3 +277,61 @@ def test_waiting_for_valkey_does_not_block_the_other_greenlets(valkey_server):
     assert ended - began > 0.1, "the append did not wait for Valkey"
     during = [t for t in ticks if began <= t <= ended]
     assert len(during) >= (ended - began) / 0.01 / 2, f"{len(during)} ticks in {ended - began}s"
+
+
+def test_through_sentinel_every_acknowledged_write_survives_the_primary_killed(tmp_path):
+    """A primary, its replica and a Sentinel, all real: writes answered only once in both
+    append-only files (WAITAOF 1 1). The primary is killed; the Sentinel promotes the
+    replica; a broker starting over through the Sentinel finds every acknowledged message
+    there, and, once the old primary is back as a replica, writes again."""
+    primary = ValkeyProcess(tmp_path / "primary")
+    replica = ValkeyProcess(tmp_path / "replica", replica_of=primary)
+    sentinel = SentinelProcess(tmp_path / "sentinel", primary)
+    processes = [primary, replica, sentinel]
+    for process in processes:
+        process.directory.mkdir()
+        process.start()
+    replicated = settings_for_tests(
+        store="valkey",
+        valkey_url="redis://unused:6379/0",  # the Sentinel names the server
+        valkey_sentinels=[sentinel.address],
+        valkey_wait_replicas=1,
+        drain_timeout=1,
+    )
+    try:
+        poll(lambda: _replicas_of(primary) == 1, timeout=30, what="the replica to follow")
+        first = build_broker(replicated)
+        first.start()
+        sent = [first.publish_once(f"k{n}", {"n": n})[0] for n in range(20)]
+        primary.kill()
+        poll(lambda: sentinel.primary_port() == replica.port, timeout=30, what="the failover")
+        with pytest.raises(StoreError):
+            first.publish_once("k20", {"n": 20})
+        assert not first.store.sound
+        first.stop()
+
+        primary.replica_of = replica  # back, and told by the Sentinel to follow the new one
+        primary.start()
+        poll(lambda: _replicas_of(replica) == 1, timeout=30, what="the old primary to follow")
+        second = build_broker(replicated)
+        second.start()
+        try:
+            for n, message in enumerate(sent):
+                again, replayed = second.publish_once(f"k{n}", {"n": n})
+                assert replayed and (again.id, again.seq) == (message.id, message.seq)
+            assert second.publish_once("k20", {"n": 20})[0].seq > sent[-1].seq
+        finally:
+            second.stop()
+    finally:
+        for process in reversed(processes):
+            process.stop()
+
+
+def _replicas_of(server: ValkeyProcess) -> int:
+    with server.client() as client:
+        info = client.info("replication")
+    return sum(
+        1
+        for name, value in info.items()
+        if name.startswith("slave") and isinstance(value, dict) and value["state"] == "online"
+    )

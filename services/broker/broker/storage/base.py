@@ -92,5 +92,10 @@ class SubscriptionStore(Protocol):
 class Store(MessageStore, SubscriptionStore, Protocol):
     """A whole backend: the queue and the subscriptions, released together."""
 
+    # False once this process can no longer tell what the store holds: a write to a shared
+    # store failed and may have been applied all the same. Such a store writes nothing
+    # more, and its replica starts over from the store (replica.py).
+    sound: bool
+
     def close(self) -> None:
         """Write out whatever is pending and release the store."""

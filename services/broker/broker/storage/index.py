@@ -155,6 +155,7 @@ class ServedFromIndex:
     `QueueIndex` (each backend writes it, and its engine, its own way)."""
 
     _index: QueueIndex
+    sound = True  # a backend of its own (SQLite, memory) knows what every write did
 
     def last_seq(self) -> int:
         return self._index.last_seq()

@@ -16,6 +16,8 @@ import uuid
 import gevent
 import valkey
 
+from broker.storage.valkey_client import ValkeyTarget
+
 log = logging.getLogger(__name__)
 
 # Extend or drop the key only while it is still ours.
@@ -34,14 +36,14 @@ return 0
 
 
 class OwnerLease:
-    def __init__(self, url: str, prefix: str, seconds: float) -> None:
+    def __init__(self, target: ValkeyTarget | str, prefix: str, seconds: float) -> None:
         self.token = f"{socket.gethostname()}-{uuid.uuid4().hex[:12]}"
         self.seconds = seconds
         self._key = f"{{{prefix}}}:owner"
         timeout = max(0.5, seconds / 3)
-        self._client = valkey.Valkey.from_url(
-            url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+        if isinstance(target, str):
+            target = ValkeyTarget(target)
+        self._client = target.client(timeout, timeout)
         self._renew = self._client.register_script(RENEW)
         self._release = self._client.register_script(RELEASE)
         self._renewed_at = 0.0

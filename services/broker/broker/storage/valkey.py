@@ -24,7 +24,18 @@ each batch is ONE call of the WRITE script, which applies it whole; Valkey runs 
 `appendonly yes` and `appendfsync always`, so its answer means fsynced. Fencing: a store
 given an `owner_token` writes only while `{groker}:owner` holds that token; otherwise the
 script changes nothing and the batch fails with StoreError (a broker that lost ownership
-to another one can no longer write)."""
+to another one can no longer write).
+
+A write that fails for any other reason (Valkey gone, a timeout, too few replicas) may have
+been applied all the same: the index no longer says what Valkey holds, and a message
+written but forgotten here would be delivered after later ones once read back. So the
+store stops writing (`sound` False, every later write refused) and its replica starts over
+from Valkey (replica.py), where a publisher's retry with its Idempotency-Key finds the
+message if it was written.
+
+Replicated Valkey (GROKER_VALKEY_SENTINELS, GROKER_VALKEY_WAIT_REPLICAS=N): each batch is
+then answered only once WAITAOF says it is in the append-only file of the primary and of N
+replicas, so a failover to one of them keeps every write a publisher was told about."""
 
 from __future__ import annotations
 
@@ -33,13 +44,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import valkey
 from valkey.exceptions import ResponseError
 
 from broker.errors import StoreError
 from broker.model import Message, Subscriber
 from broker.storage.group_commit import GroupCommit
 from broker.storage.index import QueueIndex, ServedFromIndex
+from broker.storage.valkey_client import ValkeyTarget
 
 if TYPE_CHECKING:
     from broker.settings import BrokerSettings
@@ -53,6 +64,8 @@ FENCED = "FENCED"
 # A Valkey that stops answering fails the write (503) rather than holding publishers.
 SOCKET_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 2.0
+# How long a write waits for its replicas (WAITAOF), within SOCKET_TIMEOUT.
+WAIT_REPLICAS_MS = 5000
 # Rows read per HMGET at start, so that a long queue is not one huge reply.
 LOAD_CHUNK = 1000
 
@@ -130,27 +143,29 @@ class ValkeyStore(ServedFromIndex):
 
     def __init__(
         self,
-        url: str,
+        target: ValkeyTarget | str,
         prefix: str = "groker",
         retention_count: int = 10_000,
         retention_seconds: float = 3600,
         owner_token: str | None = None,
         observe_write: Callable[[float], None] | None = None,
+        wait_replicas: int = 0,
+        wait_ms: int = WAIT_REPLICAS_MS,
     ) -> None:
+        if isinstance(target, str):
+            target = ValkeyTarget(target)
         self._index = QueueIndex(retention_count, retention_seconds)
         self._retention_count = retention_count
         self._retention_seconds = retention_seconds
         self._owner_token = owner_token or ""
+        self._wait_replicas = wait_replicas
+        self._wait_ms = wait_ms
+        self._failure: str | None = None  # why the store stopped writing
         self._keys = [f"{{{prefix}}}:{name}" for name in KEYS]
         self._key = dict(zip(KEYS, self._keys, strict=True))
         # Created here but connects lazily: every connection is made and used on the
         # writer thread (with gevent's patched sockets, a socket belongs to its thread).
-        self._client = valkey.Valkey.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=SOCKET_TIMEOUT,
-            socket_connect_timeout=CONNECT_TIMEOUT,
-        )
+        self._client = target.client(SOCKET_TIMEOUT, CONNECT_TIMEOUT)
         self._write = self._client.register_script(WRITE)
         self._subscriptions: list[Subscriber] = []
         self._writer: GroupCommit[Op] = GroupCommit(self._commit, self._index, observe_write)
@@ -158,7 +173,7 @@ class ValkeyStore(ServedFromIndex):
             self._load()
         except Exception as exc:
             self._writer.close(release=self._client.close)
-            raise StoreError(f"cannot load from Valkey at {url}: {exc}") from exc
+            raise StoreError(f"cannot load from Valkey at {target}: {exc}") from exc
 
     @classmethod
     def from_settings(
@@ -168,13 +183,18 @@ class ValkeyStore(ServedFromIndex):
         owner_token: str | None = None,
     ) -> ValkeyStore:
         return cls(
-            settings.valkey_url,
+            ValkeyTarget.from_settings(settings),
             settings.valkey_prefix,
             settings.retention_count,
             settings.retention_seconds,
             owner_token=owner_token,
             observe_write=observe_write,
+            wait_replicas=settings.valkey_wait_replicas,
         )
+
+    @property
+    def sound(self) -> bool:  # type: ignore[override]
+        return self._failure is None
 
     @property
     def batches(self) -> int:
@@ -183,15 +203,27 @@ class ValkeyStore(ServedFromIndex):
 
     # --- the writer thread -------------------------------------------------------------
     def _commit(self, ops: list[Op]) -> None:
+        if self._failure is not None:
+            raise StoreError(f"not writing since a write failed ({self._failure}): starting over")
         args: list[str | int | float] = [self._owner_token]
         for op in ops:
             args.extend(op)
         try:
             self._write(keys=self._keys, args=args)
-        except ResponseError as exc:
-            if str(exc).startswith(FENCED):
-                raise StoreError("fenced: another broker owns the queue") from exc
-            raise
+            if self._wait_replicas:
+                _, replicas = self._client.execute_command(
+                    "WAITAOF", 1, self._wait_replicas, self._wait_ms
+                )
+                if replicas < self._wait_replicas:
+                    raise StoreError(
+                        f"written, but in the append-only file of {replicas} replicas, not"
+                        f" {self._wait_replicas}, after {self._wait_ms} ms"
+                    )
+        except Exception as exc:
+            if isinstance(exc, ResponseError) and str(exc).startswith(FENCED):
+                exc = StoreError("fenced: another broker owns the queue")
+            self._failure = str(exc)
+            raise exc
 
     def _read(self) -> tuple[list[Message], list[Message], int, list[Subscriber]]:
         """What a restart needs, read on the writer thread: the queued messages, the newest
