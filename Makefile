@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run run-cluster test lint unit manifests e2e soak bench format clean
+.PHONY: run run-cluster run-ha test lint unit manifests e2e soak bench format clean
 
 run:
 	docker compose up --build --scale client=3
@@ -13,6 +13,11 @@ run:
 run-cluster:
 	docker compose -f docker-compose.yml -f docker-compose.cluster.yml up --build \
 		--scale broker=2 --scale client=3
+
+# The same over replicated Valkey: a primary, two replicas, three Sentinels (README).
+run-ha:
+	docker compose -f docker-compose.yml -f docker-compose.cluster.yml \
+		-f docker-compose.ha.yml up --build --scale broker=2 --scale client=3
 
 $(BIN)/.installed: requirements-dev.txt services/*/requirements.txt cli/pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -1,12 +1,13 @@
 """Every setting's default is stated once, in its service's settings class.
 
-docker-compose.yml (and its cluster override, docker-compose.cluster.yml) and the manifests in
-k8s/ (each kustomization as rendered: the base and its overlays) give a GROKER_* variable a
-value only where the deployment deliberately differs from that default (DEPLOYMENT_DIFFERENCES
-below). A value equal to the default would silently override a later change of the default in
-settings.py; one that differs without being listed is a default changed behind the settings'
-back. Compose may name a variable without a value: it is passed through from the shell or an
-.env file when set there and left unset otherwise, so the default applies."""
+docker-compose.yml (and its overrides, docker-compose.cluster.yml and docker-compose.ha.yml)
+and the manifests in k8s/ (each kustomization as rendered: the base and its overlays) give a
+GROKER_* variable a value only where the deployment deliberately differs from that default
+(DEPLOYMENT_DIFFERENCES below). A value equal to the default would silently override a later
+change of the default in settings.py; one that differs without being listed is a default
+changed behind the settings' back. Compose may name a variable without a value: it is passed
+through from the shell or an .env file when set there and left unset otherwise, so the default
+applies."""
 
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ from server.settings import ServerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-# An override merged onto COMPOSE_FILE; each value it gives is checked like the base file's.
+# Overrides merged onto COMPOSE_FILE; each value they give is checked like the base file's.
 CLUSTER_COMPOSE_FILE = ROOT / "docker-compose.cluster.yml"
-COMPOSE_FILES = [COMPOSE_FILE, CLUSTER_COMPOSE_FILE]
+HA_COMPOSE_FILE = ROOT / "docker-compose.ha.yml"
+COMPOSE_FILES = [COMPOSE_FILE, CLUSTER_COMPOSE_FILE, HA_COMPOSE_FILE]
 # Every kustomization in k8s/, rendered as `kubectl apply -k` would apply it.
 K8S_KUSTOMIZATIONS = sorted(p.parent for p in (ROOT / "k8s").rglob("kustomization.yaml"))
 DEPLOYMENT_FILES = [*COMPOSE_FILES, *K8S_KUSTOMIZATIONS]
@@ -61,6 +63,10 @@ DEPLOYMENT_DIFFERENCES = {
     ("broker", "GROKER_STORE"),
     ("server", "GROKER_BROKER_URL"),
     ("client", "GROKER_BROKER_URL"),
+    # Replicated Valkey: the primary is whichever the Sentinels name, and a write is answered
+    # once a replica has it on disk too.
+    ("broker", "GROKER_VALKEY_SENTINELS"),
+    ("broker", "GROKER_VALKEY_WAIT_REPLICAS"),
 }
 
 # ${NAME:-default}, ${NAME-default} or ${NAME}, as compose interpolates them.

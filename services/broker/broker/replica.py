@@ -60,10 +60,12 @@ class Replica:
         assert self.broker is not None
         keeping = gevent.spawn(lease.keep)  # returns once the lease is lost
         try:
-            while not keeping.ready() and self.broker.store.sound:
+            while not keeping.ready() and lease.held() and self.broker.store.sound:
                 gevent.sleep(SOUNDNESS_CHECK)
         finally:
-            lost = keeping.ready()
+            # Not renewed in time (this process was paused past its lease, say): another
+            # replica may own the queue by now, whatever the keeper has yet to find out.
+            lost = keeping.ready() or not lease.held()
             keeping.kill()
         if self._stopping:
             return
@@ -73,14 +75,25 @@ class Replica:
         self._on_lost()
 
     @property
+    def owning(self) -> bool:
+        """Runs the broker, and (over a shared store) as far as it can tell still owns the
+        queue: a replica woken past its lease answers as a standby until it has exited."""
+        return self.broker is not None and (self._lease is None or self._lease.held())
+
+    @property
     def ready(self) -> bool:
-        return self.broker is not None and self.broker.ready and not self.broker.draining
+        return (
+            self.owning
+            and self.broker is not None
+            and self.broker.ready
+            and not (self.broker.draining)
+        )
 
     @property
     def role(self) -> str:
         if self._lease is None:
             return "alone"
-        return "owner" if self.broker is not None else "standby"
+        return "owner" if self.owning else "standby"
 
     def drain(self) -> None:
         self._stopping = True

@@ -173,7 +173,8 @@ def test_an_owner_paused_past_its_lease_stops_and_comes_back_as_a_standby(
 ):
     """SIGSTOP the owner's worker longer than its lease: the standby takes over; on SIGCONT
     the old owner finds the lease gone, leaves (its worker exits) and gunicorn's new
-    worker waits as a standby. Its store could not have written meanwhile: fenced."""
+    worker waits as a standby. Its store could not have written meanwhile: fenced; and
+    what it was asked while paused, it answers as a standby, not from its memory."""
     http = HttpPool()
     try:
         first, second = owner_and_standby(valkey_server, start_broker, lease_seconds=1)
@@ -187,8 +188,22 @@ def test_an_owner_paused_past_its_lease_stops_and_comes_back_as_a_standby(
             )
             status, answer = http.request_json("POST", f"{second.url}/messages", {"body": 1})
             assert (status, answer["seq"]) == (202, 1)
+            asked = [
+                gevent.spawn(http.request_json, method, f"{first.url}{path}", payload, timeout=10)
+                for method, path, payload in [
+                    ("GET", "/readyz", None),
+                    ("GET", "/stats", None),
+                    ("POST", "/messages", {"body": "late"}),
+                ]
+            ]
+            gevent.sleep(0.2)  # sent, and waiting in the paused worker's socket
         finally:
             os.kill(paused, signal.SIGCONT)
+        gevent.joinall(asked, timeout=15)
+        # Answered 503 on waking, or cut off by its exit: never as the owner.
+        assert all(not g.successful() or g.value[0] == 503 for g in asked), [
+            g.value or g.exception for g in asked
+        ]
 
         def replaced() -> bool:
             try:

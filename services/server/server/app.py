@@ -20,7 +20,9 @@ def create_app(settings: ServerSettings | None = None) -> Flask:
     configure_logging("server", settings.log_level)
     app = Flask(__name__)
     stats = PublishStats()
-    publisher = Publisher(settings, stats, HttpPool())
+    # A connection for every publish in flight: a sync publish holds its connection while
+    # it waits, and must not hold up the publishes due after it (opened only as needed).
+    publisher = Publisher(settings, stats, HttpPool(concurrency=settings.max_in_flight))
     install_state(app, ServerState(settings, publisher, stats), publisher.stop, publisher.close)
     install_json_errors(app)
     app.register_blueprint(health_blueprint(lambda: True))
