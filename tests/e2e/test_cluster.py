@@ -8,6 +8,7 @@ own (its own project, ports and network)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import itertools
 import json
@@ -33,23 +34,27 @@ CLIENTS = 2
 LEASE_SECONDS = float(
     os.environ.get("GROKER_LEASE_SECONDS") or BrokerSettings.model_fields["lease_seconds"].default
 )
-LOGS = ROOT / "test-artifacts" / "cluster-compose.log"
 
 
-@pytest.fixture(scope="module")
-def cluster(request: pytest.FixtureRequest) -> Iterator[System]:
+@contextlib.contextmanager
+def deployment(
+    request: pytest.FixtureRequest, project: str, files: list[str], port: int, subnet: str
+) -> Iterator[System]:
+    """A cluster-mode deployment of its own: compose `project` from `files` (after
+    docker-compose.yml), the load balancer on host `port`, the load generator on the next
+    one, its network `subnet`.0/24; logs kept if a test failed."""
     system = System(manage=True)
-    system.broker_url = "http://localhost:8200"  # the load balancer
-    system.server_url = "http://localhost:8201"
-    compose_files = [ROOT / "docker-compose.yml", ROOT / "docker-compose.cluster.yml"]
+    system.broker_url = f"http://localhost:{port}"  # the load balancer
+    system.server_url = f"http://localhost:{port + 1}"
+    compose_files = [ROOT / "docker-compose.yml", *(ROOT / name for name in files)]
     system.env |= {
-        "COMPOSE_PROJECT_NAME": "groker-cluster",
+        "COMPOSE_PROJECT_NAME": project,
         "COMPOSE_FILE": ":".join(str(path) for path in compose_files),
-        "GROKER_BROKER_PORT": "8200",
-        "GROKER_SERVER_PORT": "8201",
-        "GROKER_SUBNET": "172.31.0.0/24",
-        "GROKER_GATEWAY": "172.31.0.1",
-        "GROKER_ALLOWED_NETWORKS": "172.31.0.0/24",
+        "GROKER_BROKER_PORT": str(port),
+        "GROKER_SERVER_PORT": str(port + 1),
+        "GROKER_SUBNET": f"{subnet}.0/24",
+        "GROKER_GATEWAY": f"{subnet}.1",
+        "GROKER_ALLOWED_NETWORKS": f"{subnet}.0/24",
         "GROKER_RATE": "20",
         "GROKER_SYNC_TIMEOUT": "10",
         "GROKER_KEEP_RECENT": "20000",
@@ -69,11 +74,20 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[System]:
         yield system
     finally:
         if request.session.testsfailed > failed_before:
-            LOGS.parent.mkdir(exist_ok=True)
-            LOGS.write_text(system.logs())
-            print(f"compose logs of the cluster: {LOGS}")
+            logs = ROOT / "test-artifacts" / f"{project}-compose.log"
+            logs.parent.mkdir(exist_ok=True)
+            logs.write_text(system.logs())
+            print(f"compose logs of {project}: {logs}")
         system.compose("down", "-v", "--remove-orphans", timeout=180)
         system.http.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(request: pytest.FixtureRequest) -> Iterator[System]:
+    with deployment(
+        request, "groker-cluster", ["docker-compose.cluster.yml"], 8200, "172.31.0"
+    ) as system:
+        yield system
 
 
 def replicas(system: System) -> dict[str, str]:
