@@ -3,16 +3,18 @@ client's Flask route and `groker subscribe`'s stdlib server both hand the raw PO
 `WebhookReceiver` and send back the (status, JSON) it answers.
 
 It answers the broker's subscription challenge, checks the Standard Webhooks signature,
-validates the delivery's envelope and drops repeated deliveries by message id. It knows no
-web framework and no concurrency library, so that each caller keeps its own transport
-(Flask under gevent, a threading HTTP server) and the rules cannot drift apart again."""
+validates the delivery's envelope (or, for a subscription with `format: cloudevents`,
+reads its CloudEvents: cloudevent_deliveries.py) and drops repeated deliveries by message
+id (an event's: source and id). It knows no web framework and no concurrency library, so
+that each caller keeps its own transport (Flask under gevent, a threading HTTP server) and
+the rules cannot drift apart again."""
 
 from __future__ import annotations
 
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol
 
@@ -24,6 +26,9 @@ Answer = tuple[int, dict[str, Any]]
 # Ids remembered to drop repeats: a repeat comes from a broker restarting mid-delivery, so
 # it arrives soon after the original.
 RECENT_IDS = 10_000
+# The content types of CloudEvents deliveries: one structured event, or a batch of them.
+STRUCTURED = "application/cloudevents+json"
+BATCH = "application/cloudevents-batch+json"
 
 
 def error_answer(status: int, message: str, detail: Any = None) -> Answer:
@@ -66,6 +71,56 @@ def is_delivery(message: Any) -> bool:
         and not isinstance(message.get("seq"), bool)
         and "body" in message
     )
+
+
+def cloudevents_kind(headers: Mapping[str, str]) -> str | None:
+    """How a POST carries CloudEvents: "batch", "event" (structured by its content type,
+    binary by its ce-specversion header), or None when it is groker's envelope."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    media = lowered.get("content-type", "").split(";")[0].strip().lower()
+    if media == BATCH:
+        return "batch"
+    if media == STRUCTURED or "ce-specversion" in lowered:
+        return "event"
+    return None
+
+
+@dataclass(frozen=True)
+class Deliveries:
+    """What one POST brought: its messages, whether they came as an array (a batch), and
+    what tells each one's repeats (its id; a CloudEvent's source and id, which the spec
+    says identify an event)."""
+
+    messages: list[dict[str, Any]]
+    batch: bool
+    identities: list[Hashable]
+
+
+def _envelopes(message: Any) -> Deliveries | Answer:
+    # A subscriber that takes batches (max_batch > 1) gets arrays, in seq order.
+    batch = message if isinstance(message, list) else [message]
+    if not batch or not all(is_delivery(m) for m in batch):
+        return error_answer(
+            400,
+            "invalid delivery",
+            "expected a JSON object with id, seq and body, or a non-empty array of them",
+        )
+    return Deliveries(batch, isinstance(message, list), [m["id"] for m in batch])
+
+
+def _cloudevents(raw: bytes, headers: Mapping[str, str], kind: str) -> Deliveries | Answer:
+    try:
+        # Here, not at the top: only a CloudEvents subscriber needs the SDK (see
+        # cloudevent_deliveries.py).
+        from groker_common.cloudevent_deliveries import InvalidDelivery, read_events
+    except ImportError:
+        return error_answer(415, "unsupported delivery", "no CloudEvents SDK installed here")
+    try:
+        events = read_events(raw, headers, batch=kind == "batch")
+    except InvalidDelivery as exc:
+        return error_answer(400, "invalid delivery", str(exc))
+    identities: list[Hashable] = [(e["cloudevent"]["source"], e["id"]) for e in events]
+    return Deliveries(events, kind == "batch", identities)
 
 
 class NotSubscribedYet(Exception):
@@ -125,7 +180,7 @@ class WebhookReceiver:
     received: int = field(default=0, init=False)
     duplicates: int = field(default=0, init=False)
     bad_signatures: int = field(default=0, init=False)
-    _seen: OrderedDict[str, None] = field(default_factory=OrderedDict, init=False, repr=False)
+    _seen: OrderedDict[Hashable, None] = field(default_factory=OrderedDict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Held while a delivery is taken, so that on_message sees the arrival order. Made
@@ -134,33 +189,33 @@ class WebhookReceiver:
 
     def handle(self, raw: bytes, headers: Mapping[str, str]) -> Answer:
         """Answer one POST: the status and JSON the broker gets back."""
-        try:
-            message = json.loads(raw)
-        except ValueError as exc:  # includes UnicodeDecodeError
-            return error_answer(400, "malformed JSON", str(exc))
-        challenge = challenge_answer(message)
-        if challenge is not None:
-            return challenge
+        kind = cloudevents_kind(headers)
+        message: Any = None
+        # The challenge is always groker's JSON; a binary event's data may only look like it.
+        if kind is None:
+            try:
+                message = json.loads(raw)
+            except ValueError as exc:  # includes UnicodeDecodeError
+                return error_answer(400, "malformed JSON", str(exc))
+            challenge = challenge_answer(message)
+            if challenge is not None:
+                return challenge
         refusal = self._signature_refusal(raw, headers)
         if refusal is not None:
             return refusal
-        # A subscriber that takes batches (max_batch > 1) gets arrays, in seq order.
-        batch = message if isinstance(message, list) else [message]
-        if not batch or not all(is_delivery(m) for m in batch):
-            return error_answer(
-                400,
-                "invalid delivery",
-                "expected a JSON object with id, seq and body, or a non-empty array of them",
-            )
-        for item in batch:
+        read = _envelopes(message) if kind is None else _cloudevents(raw, headers, kind)
+        if not isinstance(read, Deliveries):
+            return read
+        for item in read.messages:
             instead = self.before_taking(item) if self.before_taking else None
             if instead is not None:
                 return instead
-        answers = [self._take(item) for item in batch]
-        if not isinstance(message, list):
+        taken = zip(read.messages, read.identities, strict=True)
+        answers = [self._take(item, identity) for item, identity in taken]
+        if not read.batch:
             return answers[0]
         repeats = sum(1 for _, answer in answers if answer["duplicate"])
-        return 200, {"ok": True, "received": len(batch) - repeats, "duplicates": repeats}
+        return 200, {"ok": True, "received": len(answers) - repeats, "duplicates": repeats}
 
     def _signature_refusal(self, raw: bytes, headers: Any) -> Answer | None:
         """None when the delivery may be taken; else the answer that refuses it. The secret
@@ -185,12 +240,12 @@ class WebhookReceiver:
         self.on_bad_signature(problem)
         return error_answer(401, self.signature_error, problem)
 
-    def _take(self, message: dict[str, Any]) -> Answer:
+    def _take(self, message: dict[str, Any], identity: Hashable) -> Answer:
         with self._lock:
-            if message["id"] in self._seen:
+            if identity in self._seen:
                 self.duplicates += 1
                 return 200, {"ok": True, "duplicate": True}
-            self._seen[message["id"]] = None
+            self._seen[identity] = None
             if len(self._seen) > self.recent_ids:
                 self._seen.popitem(last=False)
             self.received += 1

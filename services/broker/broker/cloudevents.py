@@ -1,6 +1,7 @@
 """CloudEvents (spec 1.0, HTTP protocol binding): messages delivered as events to the
 subscribers that asked for them (`format: cloudevents`), and events published to
-POST /messages (`parse_event`).
+POST /messages (`parse_event`) and, as a JSON batch of events, to POST /messages/batch
+(`parse_batch`).
 
 Each message is one event: `id` the message id, `source` GROKER_CLOUDEVENTS_SOURCE, `type`
 `groker.message`, `time` its publication, `data` its body (JSON), and the extension `seq`.
@@ -16,15 +17,18 @@ in, as for groker's own envelope, and each message is encoded at most once per e
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
+from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings import http
-from cloudevents.core.exceptions import BaseCloudEventException
+from cloudevents.core.exceptions import BaseCloudEventException, CloudEventValidationError
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
+from dateutil.parser import isoparse
 
 from broker.model import JsonText, Message, Subscriber, attribute_headers, encode_body
 
@@ -37,10 +41,6 @@ BATCH = "application/cloudevents-batch+json"
 # Binary mode header values: the spec asks for space, '"', '%' and anything outside
 # printable ASCII to be percent-encoded (as UTF-8).
 HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
-
-
-class InvalidEvent(ValueError):
-    """A published CloudEvent groker cannot take (400)."""
 
 
 def rfc3339(timestamp: float) -> str:
@@ -108,84 +108,209 @@ class CloudEventsFormat:
         return {"Content-Type": STRUCTURED}, self.structured(message)
 
 
-# --- publishing: a CloudEvent sent to POST /messages ----------------------------------
+# --- publishing: CloudEvents sent to POST /messages and POST /messages/batch ----------
 REQUIRED = ("specversion", "id", "source", "type")
 MAX_ATTRIBUTES = 64
 MAX_ATTRIBUTE_VALUE = 4096
+# The spec's Integer: a signed 32-bit whole number.
+INTEGER_RANGE = (-(2**31), 2**31 - 1)
+# RFC 3339, which the spec asks `time` to be; the SDK's parser would take any ISO 8601.
+RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def _any_case(text: str) -> str:
+    """A regular expression for `text` in any letter case: the document's patterns are
+    ECMA 262 regular expressions, which have no flags."""
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in text)
+
+
+# What groker carries as data: JSON (application/json or any +json type, in any case,
+# parameters allowed). One pattern for the check and for the OpenAPI document (schemas.py),
+# printable ASCII only, since a binary-mode subscriber gets it as its Content-Type header.
+JSON_MEDIA_TYPE = (
+    rf"^ *({_any_case('application/json')}|[!-:<-~]*\+{_any_case('json')}) *(;[ -~]*)?$"
+)
+_JSON_MEDIA_TYPE = re.compile(JSON_MEDIA_TYPE)
+# The SDK checks names with re.match and `$`, which lets a final newline through.
+ATTRIBUTE_NAME = re.compile("[a-z0-9]+")
+
+
+class InvalidEvent(ValueError):
+    """A published CloudEvent groker cannot take (400); `field` names the attribute at
+    fault, where there is one."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class InvalidBatch(ValueError):
+    """A CloudEvents batch groker cannot take (400): what is wrong with it, or with each bad
+    event in it (by its index)."""
+
+    def __init__(self, problems: list[dict[str, Any]]) -> None:
+        super().__init__("; ".join(problem["message"] for problem in problems))
+        self.problems = problems
 
 
 def is_event(content_type: str | None, header_names: Iterable[str]) -> bool:
     """Whether a publish request is a CloudEvent: structured (its content type) or binary
     (any ce- header)."""
-    if content_type and content_type.split(";")[0].strip().lower() == STRUCTURED:
+    if _media_type(content_type) == STRUCTURED:
         return True
     return any(name.lower().startswith("ce-") for name in header_names)
+
+
+def is_batch(content_type: str | None) -> bool:
+    """Whether a batch publish request is a CloudEvents batch (the JSON batch format)."""
+    return _media_type(content_type) == BATCH
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";")[0].strip().lower()
 
 
 def parse_event(headers: Mapping[str, str], body: bytes) -> tuple[JsonText, dict[str, Any]]:
     """A published CloudEvent (binary or structured), read with the SDK: its data as the
     message body (JSON text) and its other attributes. Raises InvalidEvent."""
     lowered = {name.lower(): value for name, value in headers.items()}
-    structured = not any(name.startswith("ce-") for name in lowered)
-    raw = _raw_attributes(lowered, body, structured)
+    if not any(name.startswith("ce-") for name in lowered):
+        return parse_structured(_json(body, "the event"))
+    raw = {name[3:]: value for name, value in lowered.items() if name.startswith("ce-")}
+    _require(raw)
+    sent_time = unquote(raw["time"]) if "time" in raw else None
+    if sent_time is not None:
+        _time(sent_time)
+    message = http.HTTPMessage(lowered, body)
+    event = _built(lambda: http.from_binary(message, JSONFormat(), CloudEvent))
+    data = _json(body, "the data (the request body)", field="data") if body else None
+    return _message(event, sent_time, data)
+
+
+def parse_batch(body: bytes, limit: int) -> list[tuple[JsonText, dict[str, Any]]]:
+    """A published CloudEvents batch (application/cloudevents-batch+json: a JSON array of
+    structured events), each event read as `parse_structured` reads one alone. Raises
+    InvalidBatch naming every bad event by its index, so nothing of a bad batch is taken."""
+    try:
+        events = _json(body, "the batch")
+    except InvalidEvent as exc:
+        raise InvalidBatch([_problem(None, exc)]) from None
+    if not isinstance(events, list) or not events:
+        raise InvalidBatch([_problem(None, InvalidEvent("a non-empty JSON array of events"))])
+    if len(events) > limit:
+        raise InvalidBatch([_problem(None, InvalidEvent(f"at most {limit} events in one batch"))])
+    parsed, problems = [], []
+    for index, raw in enumerate(events):
+        try:
+            parsed.append(parse_structured(raw))
+        except InvalidEvent as exc:
+            problems.append(_problem(index, exc))
+    if problems:
+        raise InvalidBatch(problems)
+    return parsed
+
+
+def _problem(index: int | None, exc: InvalidEvent) -> dict[str, Any]:
+    where = "" if index is None else f"event {index}: "
+    return {"index": index, "field": exc.field, "message": f"{where}{exc}"}
+
+
+def parse_structured(raw: Any) -> tuple[JsonText, dict[str, Any]]:
+    """One structured event, decoded from JSON: a request's whole body, or one event of a
+    batch. Raises InvalidEvent."""
+    if not isinstance(raw, dict):
+        raise InvalidEvent("an event must be a JSON object")
+    _require(raw)
+    if "data_base64" in raw:
+        raise InvalidEvent("groker carries JSON data only, not data_base64", "data_base64")
+    # What the SDK's JSON format does before it builds the event, on the object decoded
+    # once: its time as a datetime, its data apart.
+    attributes = {name: _integer(value) for name, value in raw.items() if name != "data"}
+    sent_time = attributes.get("time")
+    if "time" in attributes:
+        attributes["time"] = _time(sent_time)
+    event = _built(lambda: CloudEvent(attributes, raw.get("data")))
+    return _message(event, sent_time, event.get_data())
+
+
+def _integer(value: Any) -> Any:
+    """A whole number written with a fraction (7.0) as the integer it is: JSON has one
+    number type, and JSON Schema's "integer" takes 7.0 too."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _require(raw: Mapping[str, Any]) -> None:
     # The SDK fills in a missing id, specversion or time: say what is missing instead.
     missing = [name for name in REQUIRED if name not in raw]
     if missing:
-        raise InvalidEvent(f"missing required attribute(s): {', '.join(missing)}")
+        raise InvalidEvent(f"missing required attribute(s): {', '.join(missing)}", missing[0])
+
+
+def _json(body: bytes, what: str, field: str | None = None) -> Any:
     try:
-        event = http.from_http(http.HTTPMessage(lowered, body), JSONFormat(), CloudEvent)
+        return json.loads(body)
+    except ValueError:  # UnicodeDecodeError included
+        raise InvalidEvent(f"{what} is not JSON", field) from None
+
+
+def _time(value: Any) -> datetime:
+    """`time` as the SDK wants it, once checked to be RFC 3339."""
+    if not isinstance(value, str) or not RFC3339.fullmatch(value):
+        raise InvalidEvent("time: an RFC 3339 timestamp", "time")
+    try:
+        return isoparse(value)
+    except ValueError as exc:
+        raise InvalidEvent(f"time: {exc}", "time") from None
+
+
+def _built(build: Callable[[], BaseCloudEvent]) -> BaseCloudEvent:
+    """The event the SDK builds (and validates), or InvalidEvent saying what it found."""
+    try:
+        return build()
+    except CloudEventValidationError as exc:
+        raise InvalidEvent(str(exc), next(iter(exc.errors), None)) from None
     except (BaseCloudEventException, ValueError, TypeError, AttributeError) as exc:
-        raise InvalidEvent(str(exc)) from None
+        raise InvalidEvent(str(exc), getattr(exc, "attribute_name", None)) from None
+
+
+def _message(
+    event: BaseCloudEvent, sent_time: str | None, data: Any
+) -> tuple[JsonText, dict[str, Any]]:
+    """The message body and the attributes kept with it."""
     attributes = event.get_attributes()
-    if "time" in raw:  # kept as sent, once the SDK has checked it
-        attributes["time"] = raw["time"]
+    if sent_time is not None:  # kept as sent, once checked
+        attributes["time"] = sent_time
     else:  # the SDK's default: groker gives the time of publication instead
         attributes.pop("time", None)
     _check_attributes(attributes)
-    if structured:
-        if "data_base64" in raw:
-            raise InvalidEvent("groker carries JSON data only, not data_base64")
-        data = event.get_data()
-    else:
-        try:
-            data = json.loads(body) if body else None
-        except ValueError:
-            raise InvalidEvent("the data (the request body) is not JSON") from None
     try:
         return encode_body(data), attributes
     except ValueError:
         raise InvalidEvent(
-            "NaN, Infinity and numbers too large for a double are not JSON"
+            "NaN, Infinity and numbers too large for a double are not JSON", "data"
         ) from None
-
-
-def _raw_attributes(headers: dict[str, str], body: bytes, structured: bool) -> dict[str, Any]:
-    if not structured:
-        return {name[3:]: value for name, value in headers.items() if name.startswith("ce-")}
-    try:
-        raw = json.loads(body)
-    except ValueError:
-        raise InvalidEvent("the event is not JSON") from None
-    if not isinstance(raw, dict):
-        raise InvalidEvent("the event must be a JSON object")
-    return raw
 
 
 def _check_attributes(attributes: dict[str, Any]) -> None:
     """What the SDK lets through but groker cannot carry: non-JSON data, and attributes
-    that do not fit a header (bounded like a message's headers)."""
+    that do not fit a header (bounded like a message's headers) or are no CloudEvents
+    type."""
     kind = attributes.get("datacontenttype")
-    if kind is not None and not _is_json(kind):
-        raise InvalidEvent(f"groker carries JSON data only, not {kind!r}")
+    if kind is not None and not _JSON_MEDIA_TYPE.fullmatch(kind):
+        raise InvalidEvent(f"groker carries JSON data only, not {kind!r}", "datacontenttype")
     if len(attributes) > MAX_ATTRIBUTES:
         raise InvalidEvent(f"at most {MAX_ATTRIBUTES} attributes")
+    low, high = INTEGER_RANGE
     for name, value in attributes.items():
+        if not ATTRIBUTE_NAME.fullmatch(name):
+            raise InvalidEvent(f"attribute {name!r}: lowercase letters and digits only", name)
         if not isinstance(value, str | int | bool):
-            raise InvalidEvent(f"attribute {name!r}: a string, integer or boolean")
+            raise InvalidEvent(f"attribute {name!r}: a string, integer or boolean", name)
+        if isinstance(value, int) and not isinstance(value, bool) and not low <= value <= high:
+            raise InvalidEvent(f"attribute {name!r}: an integer of 32 bits", name)
         if len(str(value)) > MAX_ATTRIBUTE_VALUE:
-            raise InvalidEvent(f"attribute {name!r}: longer than {MAX_ATTRIBUTE_VALUE}")
-
-
-def _is_json(content_type: str) -> bool:
-    media = content_type.split(";")[0].strip().lower()
-    return media == "application/json" or media.endswith("+json")
+            raise InvalidEvent(f"attribute {name!r}: longer than {MAX_ATTRIBUTE_VALUE}", name)

@@ -134,7 +134,7 @@ class Broker:
         """Accept a message onto the tail of the queue; returns once it is stored. With
         `attributes`, the message is a published CloudEvent (cloudevents.py)."""
         messages, _ = self._accept(
-            [(body, headers)], mode, callback, key=None, batch=False, attributes=attributes
+            [(body, headers)], mode, callback, key=None, batch=False, attributes=_one(attributes)
         )
         return messages[0]
 
@@ -152,7 +152,7 @@ class Broker:
         kept, returns the first message and True (replayed) instead of a new one. Without
         a key, `publish` (never replayed)."""
         messages, replayed = self._accept(
-            [(body, headers)], mode, callback, key, batch=False, attributes=attributes
+            [(body, headers)], mode, callback, key, batch=False, attributes=_one(attributes)
         )
         return messages[0], replayed
 
@@ -162,11 +162,15 @@ class Broker:
         mode: Mode = "async",
         callback: str | None = None,
         key: str | None = None,
+        attributes: list[dict[str, Any]] | None = None,
     ) -> tuple[list[Message], bool]:
         """Accept (body, headers) items as messages of consecutive seqs, in the order given,
         in one durable write: all of them or none. With a key, as `publish_once`, for the
-        whole batch."""
-        return self._accept(items, mode, callback, key, batch=True)
+        whole batch. With `attributes`, one for each item, in order, the items are published
+        CloudEvents (a CloudEvents batch)."""
+        if attributes is not None and len(attributes) != len(items):
+            raise ValueError("one attributes mapping for each item")
+        return self._accept(items, mode, callback, key, batch=True, attributes=attributes)
 
     def _accept(
         self,
@@ -175,7 +179,7 @@ class Broker:
         callback: str | None,
         key: str | None,
         batch: bool,
-        attributes: dict[str, Any] | None = None,
+        attributes: list[dict[str, Any]] | None = None,
     ) -> tuple[list[Message], bool]:
         if self.draining:
             raise Draining()
@@ -199,7 +203,7 @@ class Broker:
                 mode=mode,
                 headers=headers,
                 callback=callback,
-                attributes=attributes,
+                attributes=None if attributes is None else attributes[i],
                 # A batch's first message carries the key itself, so that a single publish
                 # with it (or another batch) is told apart by the fingerprint.
                 key=None if key is None else key if i == 0 else f"{key}#{i}",
@@ -354,3 +358,8 @@ class Broker:
         while True:
             gevent.sleep(PRUNE_INTERVAL)
             self.store.prune()
+
+
+def _one(attributes: dict[str, Any] | None) -> list[dict[str, Any]] | None:
+    """One published CloudEvent's attributes, as a batch of one has them."""
+    return None if attributes is None else [attributes]

@@ -47,15 +47,16 @@ def fingerprint(
     mode: Mode,
     callback: str | None,
     batch: bool,
-    attributes: dict[str, Any] | None = None,
+    attributes: list[dict[str, Any]] | None = None,
 ) -> str:
     """What an idempotency key is bound to: the whole request (one message, or a batch),
     hashed. Bodies are their encoded text, so the same values in the same order (whitespace
-    aside) are the same. A published CloudEvent's attributes count too (only when there are
-    some, so that the fingerprints of other requests stay what they were)."""
+    aside) are the same. Published CloudEvents' attributes count too, each event's in turn
+    (only when there are some, so that the fingerprints of other requests stay what they
+    were; one event's is what it was before batches of events)."""
     digest = hashlib.sha256(json.dumps([batch, len(items), mode, callback]).encode())
-    if attributes is not None:
-        digest.update(json.dumps(attributes, sort_keys=True).encode())
+    for event in attributes or ():
+        digest.update(json.dumps(event, sort_keys=True).encode())
     for body_json, headers in items:
         digest.update(json.dumps(sorted((headers or {}).items())).encode())
         digest.update(b"\n")

@@ -13,7 +13,7 @@ from pydantic.json_schema import models_json_schema
 # Imported for the operations they declare.
 from broker import dashboard, routes  # noqa: F401
 from broker.operations import OPERATIONS, Documented, Operation, declare, route
-from broker.schemas import Error, Health
+from broker.schemas import SCHEMAS, Error, Health
 
 spec = Blueprint("spec", __name__)
 
@@ -25,7 +25,7 @@ ERRORS = {
     404: "not found",
     409: "the first request with this Idempotency-Key is still being written (see Retry-After)",
     413: "body too large",
-    415: "not JSON",
+    415: "not JSON (nor a CloudEvent where one is taken)",
     422: "callback did not echo the challenge, or an Idempotency-Key sent with another request",
     429: "rate limited (see Retry-After)",
     431: "too many or too large headers",
@@ -69,6 +69,8 @@ def _operation(op: Operation) -> dict[str, Any]:
     errors = {*op.errors, 431} | ({401, 429} if op.scope else set())
     replies = {code: Documented(ERRORS[code], Error) for code in sorted(errors)} | op.replies
     item: dict[str, Any] = {"operationId": op.operation_id}
+    if op.description is not None:
+        item["description"] = op.description
     if op.scope is not None:
         item["security"] = [{f"{op.scope}Token": []}]
     parameters = [
@@ -81,10 +83,9 @@ def _operation(op: Operation) -> dict[str, Any]:
         item["parameters"] = parameters
     if op.request is not None:
         ref = {"$ref": f"#/components/schemas/{op.request.__name__}"}
-        item["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": ref}},
-        }
+        content = {"application/json": {"schema": ref}}
+        content |= {kind: {"schema": schema} for kind, schema in op.other_requests.items()}
+        item["requestBody"] = {"required": True, "content": content}
     item["responses"] = {str(code): _content(reply) for code, reply in replies.items()}
     return item
 
@@ -134,7 +135,7 @@ def document() -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": defs["$defs"],
+            "schemas": defs["$defs"] | SCHEMAS,
             "securitySchemes": {
                 "publishToken": {"type": "http", "scheme": "bearer"},
                 "manageToken": {"type": "http", "scheme": "bearer"},

@@ -35,12 +35,15 @@ class Operation:
     replies: dict[int, Documented]
     scope: Scope | None = None
     request: type[BaseModel] | None = None
+    # Request bodies of other media types (a CloudEvent), each described by its schema.
+    other_requests: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The request headers the operation reads, as a model whose fields' aliases name them.
     headers: type[BaseModel] | None = None
     # Error answers this operation can give besides those every operation can (431, and
     # 401/429 for one that needs a token); described in openapi.ERRORS.
     errors: tuple[int, ...] = ()
     parameters: tuple[str, ...] = field(default=())
+    description: str | None = None
 
 
 OPERATIONS: list[Operation] = []
@@ -64,6 +67,8 @@ def route(
     headers: type[BaseModel] | None = None,
     errors: tuple[int, ...] = (),
     operation_id: str | None = None,
+    other_requests: dict[str, dict[str, Any]] | None = None,
+    description: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare an operation and register its view on `blueprint`; with a scope, the view
     runs only for a caller whose token has it (and within the rate limit)."""
@@ -79,9 +84,11 @@ def route(
                 replies=replies,
                 scope=scope,
                 request=request,
+                other_requests=other_requests or {},
                 headers=headers,
                 errors=errors,
                 parameters=parameters,
+                description=description,
             )
         )
         guarded = view if scope is None else _requiring(scope, view)

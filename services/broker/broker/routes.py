@@ -12,7 +12,16 @@ from werkzeug.exceptions import UnsupportedMediaType
 from werkzeug.routing import BaseConverter
 
 from broker.access import caller
-from broker.cloudevents import InvalidEvent, is_event, parse_event
+from broker.cloudevents import (
+    BATCH,
+    STRUCTURED,
+    InvalidBatch,
+    InvalidEvent,
+    is_batch,
+    is_event,
+    parse_batch,
+    parse_event,
+)
 from broker.core import Broker
 from broker.errors import (
     ChallengeFailed,
@@ -27,6 +36,8 @@ from broker.errors import (
 from broker.model import Message, Mode, WaitResult
 from broker.operations import Documented, route
 from broker.schemas import (
+    CLOUD_EVENT_BATCH,
+    CLOUD_EVENT_REF,
     BatchRequest,
     BatchStatus,
     MessageStatus,
@@ -59,9 +70,11 @@ Model = TypeVar("Model", bound=BaseModel)
 
 
 def current_broker() -> Broker:
-    """This replica's broker; a standby has none yet (503, see `_standby`)."""
+    """This replica's broker; a standby has none yet, and one that may have lost the queue
+    must not answer from what it remembers (503, see `_standby`)."""
     broker = current_app.extensions.get("groker")
-    if broker is None:
+    replica = current_app.extensions.get("groker_replica")
+    if broker is None or (replica is not None and not replica.owning):
         raise Standby()
     return cast(Broker, broker)
 
@@ -145,7 +158,14 @@ def _invalid(exc: ValidationError):
     "/messages",
     scope="publish",
     request=PublishRequest,
+    other_requests={STRUCTURED: CLOUD_EVENT_REF},
     headers=PublishHeaders,
+    description="Publish one message: a JSON request, or a CloudEvent (spec 1.0, HTTP"
+    " binding), structured (application/cloudevents+json) or binary (its attributes as ce-"
+    " headers, percent-encoded, and its JSON data as the body, with a JSON Content-Type)."
+    " A CloudEvent's data is the message body and its other attributes are kept and"
+    " delivered with it; its mode and callback come as the groker-mode and groker-callback"
+    " headers.",
     replies={
         200: Documented("sync: published", MessageStatus),
         202: Documented("async: queued", MessageStatus),
@@ -155,25 +175,19 @@ def _invalid(exc: ValidationError):
 )
 def publish():
     broker = current_broker()
-    key = _idempotency_key()
+    headers = _publish_headers()
+    key = _scoped_key(headers)
     if is_event(request.content_type, request.headers.keys()):
-        return _publish_event(broker, key)
+        return _publish_event(broker, headers, key)
     req = _parse(PublishRequest)
     message, replayed = broker.publish_once(key, req.body, req.mode, req.headers, req.callback)
     return _published(broker, message, req.mode, replayed)
 
 
-def _publish_event(broker: Broker, key: str | None):
+def _publish_event(broker: Broker, headers: PublishHeaders, key: str | None):
     """POST /messages with a CloudEvent (structured, or binary: ce- headers): its data is
-    the body, its other attributes are kept with the message; `mode` and `callback` come
-    as groker-mode and groker-callback headers."""
-    options = PublishOptions.model_validate(
-        {
-            name: request.headers[f"groker-{name}"]
-            for name in ("mode", "callback")
-            if f"groker-{name}" in request.headers
-        }
-    )
+    the body, its other attributes are kept with the message."""
+    options = _event_options(headers)
     try:
         body, attributes = parse_event(request.headers, request.get_data(cache=False))
     except InvalidEvent as exc:
@@ -182,6 +196,13 @@ def _publish_event(broker: Broker, key: str | None):
         key, body, options.mode, callback=options.callback, attributes=attributes
     )
     return _published(broker, message, options.mode, replayed)
+
+
+def _event_options(headers: PublishHeaders) -> PublishOptions:
+    """`mode` and `callback` for CloudEvents, which have no envelope to carry them: the
+    groker-mode and groker-callback headers, checked together as a JSON body's are."""
+    sent = {"mode": headers.groker_mode, "callback": headers.groker_callback}
+    return PublishOptions.model_validate({k: v for k, v in sent.items() if v is not None})
 
 
 def _published(broker: Broker, message: Message, mode: Mode, replayed: bool):
@@ -202,7 +223,12 @@ def _published(broker: Broker, message: Message, mode: Mode, replayed: bool):
     "/messages/batch",
     scope="publish",
     request=BatchRequest,
+    other_requests={BATCH: CLOUD_EVENT_BATCH},
     headers=PublishHeaders,
+    description="Publish messages with consecutive seqs, in one durable write: a JSON"
+    " request, or CloudEvents in the JSON batch format (application/cloudevents-batch+json),"
+    " each taken as POST /messages takes a structured event, with the groker-mode and"
+    " groker-callback headers for the whole batch.",
     replies={
         200: Documented("sync: every message published", BatchStatus),
         202: Documented("async: every message queued", BatchStatus),
@@ -213,7 +239,10 @@ def _published(broker: Broker, message: Message, mode: Mode, replayed: bool):
 )
 def publish_batch():
     broker = current_broker()
-    key = _idempotency_key()
+    headers = _publish_headers()
+    key = _scoped_key(headers)
+    if is_batch(request.content_type):
+        return _publish_event_batch(broker, headers, key)
     req = _parse(BatchRequest)
     limit = broker.settings.max_batch
     if len(req.messages) > limit:
@@ -221,20 +250,51 @@ def publish_batch():
         return error(400, "invalid request", detail)
     items = [(m.body, m.headers) for m in req.messages]
     messages, replayed = broker.publish_batch(items, req.mode, req.callback, key)
+    return _published_batch(broker, messages, req.mode, replayed)
+
+
+def _publish_event_batch(broker: Broker, headers: PublishHeaders, key: str | None):
+    """POST /messages/batch with CloudEvents: each event one message of the batch, with
+    its attributes, as a structured event alone to POST /messages."""
+    options = _event_options(headers)
+    try:
+        events = parse_batch(request.get_data(cache=False), broker.settings.max_batch)
+    except InvalidBatch as exc:
+        return error(400, "invalid CloudEvent batch", exc.problems)
+    items = [(body, None) for body, _ in events]
+    attributes = [event_attributes for _, event_attributes in events]
+    messages, replayed = broker.publish_batch(
+        items, options.mode, options.callback, key, attributes
+    )
+    return _published_batch(broker, messages, options.mode, replayed)
+
+
+def _published_batch(broker: Broker, messages: list[Message], mode: Mode, replayed: bool):
+    """The answer to a batch publish: at once (async), or once all are published (sync)."""
     headers = {"Idempotent-Replayed": "true"} if replayed else {}
-    if req.mode == "async":
+    if mode == "async":
         return BatchStatus.of(messages).body(), 202, headers
     outcome = broker.wait_all_published(messages)
     return BatchStatus.of(messages).body(), *_sync_answer(outcome, headers)
 
 
-def _idempotency_key() -> str | None:
-    """The request's Idempotency-Key, checked, and scoped to the caller's token."""
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    checked = PublishHeaders.model_validate({"Idempotency-Key": key}).idempotency_key
-    return f"{caller()}/{checked}"
+# The publish headers by name, and what a request that sends none of them has.
+PUBLISH_HEADERS = tuple(field.alias or name for name, field in PublishHeaders.model_fields.items())
+NO_PUBLISH_HEADERS = PublishHeaders()
+
+
+def _publish_headers() -> PublishHeaders:
+    """The publish headers the request sends, checked whatever its body: a malformed one
+    is a 400 even where the body does not use it (a JSON request's mode and callback are
+    in its body), as the OpenAPI document promises."""
+    sent = {name: request.headers[name] for name in PUBLISH_HEADERS if name in request.headers}
+    return PublishHeaders.model_validate(sent) if sent else NO_PUBLISH_HEADERS
+
+
+def _scoped_key(headers: PublishHeaders) -> str | None:
+    """The request's Idempotency-Key, scoped to the caller's token."""
+    key = headers.idempotency_key
+    return None if key is None else f"{caller()}/{key}"
 
 
 def _sync_answer(outcome: WaitResult, headers: dict[str, str]) -> tuple[int, dict[str, str]]:

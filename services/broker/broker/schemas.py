@@ -4,12 +4,14 @@ document is generated from them."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictStr,
@@ -18,12 +20,22 @@ from pydantic import (
     model_validator,
 )
 
+from broker.cloudevents import (
+    INTEGER_RANGE,
+    JSON_MEDIA_TYPE,
+    MAX_ATTRIBUTE_VALUE,
+    MAX_ATTRIBUTES,
+)
 from broker.model import JsonText, encode_body
 
 if TYPE_CHECKING:
     from broker.model import Message, Subscriber
 
 MAX_URL_LENGTH = 2048
+
+
+# A '%' that does not start %XX: no URI (RFC 3986), as the document's "format": "uri" says.
+BAD_PERCENT = re.compile("%(?![0-9A-Fa-f]{2})")
 
 
 def _absolute_http_url(url: str) -> str:
@@ -42,6 +54,8 @@ def _absolute_http_url(url: str) -> str:
         raise ValueError("port 0 is not a valid destination")
     if any(c.isspace() or ord(c) < 32 for c in url):
         raise ValueError("must not contain whitespace or control characters")
+    if BAD_PERCENT.search(url):
+        raise ValueError("a % must start a percent-encoding (%XX, two hex digits)")
     return url
 
 
@@ -50,7 +64,7 @@ CALLBACK_JSON_SCHEMA = {
     "type": "string",
     "format": "uri",
     "maxLength": MAX_URL_LENGTH,
-    "pattern": r"^https?://[A-Za-z0-9._-]+(:[1-9][0-9]{0,4})?(/[A-Za-z0-9._~%/-]*)?$",
+    "pattern": r"^https?://[A-Za-z0-9._-]+(:[1-9][0-9]{0,4})?(/([A-Za-z0-9._~/-]|%[0-9A-Fa-f]{2})*)?$",
 }
 CallbackUrl = Annotated[
     StrictStr, AfterValidator(_absolute_http_url), WithJsonSchema(CALLBACK_JSON_SCHEMA)
@@ -131,7 +145,8 @@ MAX_IDEMPOTENCY_KEY = 255
 
 
 class PublishHeaders(BaseModel):
-    """The request headers publishing reads (besides Authorization and Content-Type)."""
+    """The request headers publishing reads (besides Authorization and Content-Type), each
+    checked whenever it is sent."""
 
     model_config = ConfigDict(populate_by_name=False)
 
@@ -149,23 +164,95 @@ class PublishHeaders(BaseModel):
         " Idempotent-Replayed: true) and creates nothing; with another request, 422;"
         " scoped to the bearer token",
     )
+    groker_mode: Literal["sync", "async"] | None = Field(
+        None,
+        alias="groker-mode",
+        description="with CloudEvents (which have no envelope for it): sync or async (the"
+        " default); a JSON request says it in its body's `mode`",
+    )
+    groker_callback: CallbackUrl | None = Field(
+        None,
+        alias="groker-callback",
+        description="with async CloudEvents: told when the message (each message) is"
+        " published; a JSON request says it in its body's `callback`",
+    )
+
+
+# A CloudEvent as published (structured mode, alone or in a batch): what
+# cloudevents.parse_structured takes, which the CloudEvents SDK, not pydantic, reads.
+def _attribute(**constraints: Any) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": MAX_ATTRIBUTE_VALUE, **constraints}
+
+
+CLOUD_EVENT: dict[str, Any] = {
+    "type": "object",
+    "description": "a CloudEvent (spec 1.0) in the JSON format: its data becomes the message"
+    " body, its other attributes are kept with the message and delivered with it",
+    "required": ["specversion", "id", "source", "type"],
+    "properties": {
+        "specversion": {"const": "1.0"},
+        "id": _attribute(),
+        "source": _attribute(),
+        "type": _attribute(),
+        "datacontenttype": _attribute(pattern=JSON_MEDIA_TYPE, description="JSON only"),
+        "time": {"type": "string", "format": "date-time", "description": "RFC 3339"},
+        "subject": _attribute(),
+        "dataschema": _attribute(),
+        "data": {"description": "any JSON value: the message body"},
+    },
+    # Extensions: named with lowercase letters and digits; a string, an integer of 32 bits
+    # or a boolean (the spec's other types are strings in JSON).
+    "propertyNames": {"pattern": "^[a-z0-9]+$"},
+    "additionalProperties": {
+        "anyOf": [
+            {"type": "string", "maxLength": MAX_ATTRIBUTE_VALUE},
+            {"type": "integer", "minimum": INTEGER_RANGE[0], "maximum": INTEGER_RANGE[1]},
+            {"type": "boolean"},
+        ]
+    },
+    # At most MAX_ATTRIBUTES attributes, data aside.
+    "if": {"required": ["data"]},
+    "then": {"maxProperties": MAX_ATTRIBUTES + 1},
+    "else": {"maxProperties": MAX_ATTRIBUTES},
+}
+CLOUD_EVENT_REF = {"$ref": "#/components/schemas/CloudEvent"}
+CLOUD_EVENT_BATCH: dict[str, Any] = {
+    "type": "array",
+    "description": "CloudEvents in the JSON batch format, published in this order with"
+    " consecutive seqs (at most GROKER_MAX_BATCH)",
+    "minItems": 1,
+    "items": CLOUD_EVENT_REF,
+}
+# The schemas no model makes, for the document's components.
+SCHEMAS: dict[str, dict[str, Any]] = {"CloudEvent": CLOUD_EVENT}
 
 
 MAX_DELIVERY_BATCH = 1000
 MAX_WAIT_MS = 1000
 
 
+def _integral(value: Any) -> Any:
+    # JSON Schema's "integer" is any number with no fractional part, 382.0 included; the
+    # strict models would refuse it as a float (and must go on refusing "382" and true).
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+JsonInteger = Annotated[int, BeforeValidator(_integral)]
+
+
 class SubscribeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     callback: CallbackUrl
-    max_batch: int = Field(
+    max_batch: JsonInteger = Field(
         1,
         ge=1,
         le=MAX_DELIVERY_BATCH,
         description="above 1: up to this many messages per POST, always as a JSON array",
     )
-    max_wait_ms: int = Field(
+    max_wait_ms: JsonInteger = Field(
         0, ge=0, le=MAX_WAIT_MS, description="how long to wait for more before a short batch"
     )
     format: Literal["groker", "cloudevents"] = Field(

@@ -359,3 +359,240 @@ def test_a_published_event_survives_a_restart(durable_store, make_sink):
         )
     finally:
         second.stop()
+
+
+def test_an_event_takes_an_integral_number_as_the_integer_it_is(client, make_sink):
+    _, binary, _ = subscribe_all(client, make_sink)
+    assert post_event(client, {**ORDER, "priority": 3.0}, groker_mode="sync").status_code == 200
+    assert http_headers(binary.headers[0])["ce-priority"] == "3"
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "says"),
+    [
+        (STRUCTURED, {**ORDER, "time": "20260102T030405Z"}, "time"),  # ISO 8601, not RFC 3339
+        (STRUCTURED, {**ORDER, "time": "2026-02-30T00:00:00Z"}, "time"),
+        (STRUCTURED, {**ORDER, "priority": 2**31}, "priority"),  # the spec's integers: 32 bits
+        (STRUCTURED, {**ORDER, "priority": 1.5}, "priority"),
+        (STRUCTURED, {**ORDER, "name\n": "x"}, "lowercase letters and digits"),
+        (STRUCTURED, {**ORDER, "datacontenttype": "application/json\r\nx: y+json"}, "JSON"),
+        (BINARY | {"ce-time": "2026-01-02", "Content-Type": "application/json"}, [1], "time"),
+    ],
+)
+def test_an_event_is_held_to_the_spec_where_the_sdk_is_lenient(client, headers, body, says):
+    refused = client.post("/messages", data=json.dumps(body), headers=headers)
+    assert refused.status_code == 400
+    assert says in refused.get_json()["detail"]
+    assert client.get("/stats").get_json()["accepted"] == 0
+
+
+def test_a_single_events_fingerprint_is_what_it_was_before_batches_of_events():
+    """Keys stored before batches of events existed must still match their requests."""
+    from broker.model import fingerprint
+
+    attributes = {k: v for k, v in ORDER.items() if k not in ("data", "subject", "urgent")}
+    bound = fingerprint([('{"order":7}', None)], "async", None, False, [attributes])
+    assert bound == "7861cc8fea83d49eee0df893f40cb1cad84060191e5d5c33dc8eb402adb27388"
+
+
+# --- publishing CloudEvents in a batch: POST /messages/batch, JSON batch format ---------
+EVENT_BATCH = {"Content-Type": "application/cloudevents-batch+json"}
+
+
+def orders(*numbers: int) -> list[CoreEvent]:
+    """Events made with the SDK (which fills in each one's time)."""
+    return [
+        CoreEvent(
+            {
+                "id": f"order-{n}",
+                "source": "https://shop.example/orders",
+                "type": "com.example.order.created",
+                "subject": f"orders/{n}",
+                "tenant": "acme",
+                "priority": n,
+            },
+            {"order": n},
+        )
+        for n in numbers
+    ]
+
+
+def sdk_batch(events: list[CoreEvent]) -> bytes:
+    """The JSON batch format: an array of events, each written by the SDK's JSON format."""
+    return b"[" + b",".join(JSONFormat().write(event) for event in events) + b"]"
+
+
+def post_batch(client, body: bytes | str, **headers: str):
+    return client.post("/messages/batch", data=body, headers=EVENT_BATCH | headers_of(headers))
+
+
+def assert_same_event(received: CoreEvent, sent: CoreEvent, seq: int) -> None:
+    assert (received.get_id(), received.get_source(), received.get_type()) == (
+        sent.get_id(),
+        sent.get_source(),
+        sent.get_type(),
+    )
+    assert received.get_subject() == sent.get_subject()
+    assert received.get_extension("tenant") == "acme"
+    assert int(received.get_extension("priority")) == sent.get_extension("priority")
+    assert int(received.get_extension("seq")) == seq
+    assert received.get_time() == sent.get_time()
+    assert received.get_data() == sent.get_data()
+
+
+def test_a_batch_of_events_goes_out_as_the_same_events_in_consecutive_seqs(client, make_sink):
+    _, binary, structured = subscribe_all(client, make_sink)
+    batched = make_sink()
+    subscribed = client.post(
+        "/subscriptions",
+        json={"callback": batched.url, "format": "cloudevents", "max_batch": 10,
+              "max_wait_ms": 100},
+    )  # fmt: skip
+    assert subscribed.status_code == 201
+    sent = orders(1, 2, 3)
+    answer = post_batch(client, sdk_batch(sent), groker_mode="sync")
+    assert answer.status_code == 200, answer.get_json()
+    statuses = answer.get_json()["messages"]
+    seqs = [status["seq"] for status in statuses]
+    assert seqs == list(range(seqs[0], seqs[0] + 3))
+    assert {status["status"] for status in statuses} == {"published"}
+    # What each subscriber got, read as it would: the SDK's HTTP binding (binary or
+    # structured, one event a POST), and its JSON format for each event of a batch.
+    for sink in (binary, structured):
+        received = [
+            core_http.from_http(HTTPMessage(http_headers(h), raw), JSONFormat(), CoreEvent)
+            for h, raw in zip(sink.headers, sink.raw, strict=True)
+        ]
+        for event, original, seq in zip(received, sent, seqs, strict=True):
+            assert_same_event(event, original, seq)
+    assert http_headers(binary.headers[0])["ce-id"] == "order-1"
+    assert http_headers(structured.headers[0])["content-type"] == "application/cloudevents+json"
+    in_batches = [
+        JSONFormat().read(CoreEvent, json.dumps(event)) for raw in batched.raw
+        for event in json.loads(raw)
+    ]  # fmt: skip
+    for event, original, seq in zip(in_batches, sent, seqs, strict=True):
+        assert_same_event(event, original, seq)
+
+
+def test_an_async_batch_of_events_notifies_the_groker_callback(client, make_sink):
+    subscribe_all(client, make_sink)
+    notified = make_sink()
+    answer = post_batch(client, sdk_batch(orders(1, 2)), groker_callback=notified.url)
+    assert answer.status_code == 202
+    ids = [status["id"] for status in answer.get_json()["messages"]]
+    wait_until(lambda: len(notified.received) == 2, what="two notifications")
+    assert sorted(n["id"] for n in notified.received) == sorted(ids)
+
+
+def test_a_batch_of_events_is_published_once_per_idempotency_key(client):
+    key = {"Idempotency_Key": "events-1"}
+    batch = sdk_batch(orders(1, 2))
+    first = post_batch(client, batch, **key)
+    again = post_batch(client, batch, **key)
+    assert first.status_code == 202
+    assert again.get_json() == first.get_json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    # Another attribute of one event, the same events sync, the same data as a JSON batch,
+    # or the first event alone: each another request.
+    changed = json.loads(batch)
+    changed[1]["tenant"] = "other"
+    assert post_batch(client, json.dumps(changed), **key).status_code == 422
+    assert post_batch(client, batch, groker_mode="sync", **key).status_code == 422
+    as_json = {"messages": [{"body": {"order": 1}}, {"body": {"order": 2}}]}
+    assert client.post("/messages/batch", json=as_json, headers=headers_of(key)).status_code == 422
+    assert post_event(client, json.loads(batch)[0], **key).status_code == 422
+    assert client.get("/stats").get_json()["accepted"] == 2
+
+
+VALID = json.loads(sdk_batch(orders(0, 1, 2, 3)))
+
+
+def spoilt(index: int, **changes: Any) -> str:
+    """VALID with one event changed (a None removes an attribute)."""
+    events = json.loads(json.dumps(VALID))
+    events[index] = {k: v for k, v in {**events[index], **changes}.items() if v is not None}
+    return json.dumps(events)
+
+
+@pytest.mark.parametrize(
+    ("body", "problems"),
+    [
+        (spoilt(3, type=None), [(3, "type")]),
+        (spoilt(1, time="yesterday"), [(1, "time")]),
+        (spoilt(2, data_base64="aGk="), [(2, "data_base64")]),
+        (spoilt(0, **{"Bad-Name": "x"}), [(0, "Bad-Name")]),
+        (spoilt(0, datacontenttype="text/plain"), [(0, "datacontenttype")]),
+        (spoilt(1, specversion="0.3"), [(1, "specversion")]),
+        (spoilt(2, nested={"a": 1}), [(2, "nested")]),
+        (json.dumps([*VALID[:3], 7]), [(3, None)]),
+        (
+            json.dumps([VALID[0], {"id": "x"}, VALID[2], {**VALID[3], "id": ""}]),
+            [(1, "specversion"), (3, "id")],  # each bad event named
+        ),
+        (json.dumps(VALID[0]), [(None, None)]),  # an event, not a batch of them
+        ("[]", [(None, None)]),
+        (json.dumps([*VALID, VALID[0]]), [(None, None)]),  # more than GROKER_MAX_BATCH (4)
+        ("[{not json", [(None, None)]),
+    ],
+)
+def test_a_bad_batch_of_events_names_each_bad_event_and_accepts_nothing(make_app, body, problems):
+    app = make_app(settings_for_tests(max_batch=4))
+    client = app.test_client()
+    assert post_batch(client, json.dumps(VALID)).status_code == 202  # the valid one is taken
+    refused = post_batch(client, body)
+    assert refused.status_code == 400
+    assert refused.get_json()["error"] == "invalid CloudEvent batch"
+    detail = refused.get_json()["detail"]
+    assert [(problem["index"], problem["field"]) for problem in detail] == problems
+    for problem in detail:
+        if problem["index"] is not None:
+            assert problem["message"].startswith(f"event {problem['index']}: ")
+    assert client.get("/stats").get_json()["accepted"] == 4
+
+
+def test_bad_groker_headers_are_refused_whatever_the_batch(client):
+    batch = sdk_batch(orders(1))
+    refused = post_batch(client, batch, groker_mode="later")
+    assert refused.status_code == 400
+    assert refused.get_json()["detail"][0]["field"] == "groker-mode"
+    sync_with_callback = post_batch(
+        client, batch, groker_mode="sync", groker_callback="http://127.0.0.1:1/"
+    )
+    assert sync_with_callback.status_code == 400
+    # Checked on a JSON batch too, which takes its mode from its body.
+    as_json = client.post(
+        "/messages/batch",
+        json={"messages": [{"body": 1}]},
+        headers={"groker-callback": "not a url"},
+    )
+    assert as_json.status_code == 400
+    assert as_json.get_json()["detail"][0]["field"] == "groker-callback"
+    assert client.get("/stats").get_json()["accepted"] == 0
+
+
+def test_a_published_batch_of_events_survives_a_restart(durable_store, make_sink):
+    from broker.cloudevents import parse_batch
+
+    sent = orders(1, 2, 3)
+    events = parse_batch(sdk_batch(sent), limit=10)
+    first = build_broker(durable_store)
+    first.start()
+    queued, _ = first.publish_batch(
+        [(body, None) for body, _ in events], attributes=[attributes for _, attributes in events]
+    )
+    first.stop()
+    second = build_broker(durable_store)
+    second.start()
+    try:
+        for message, (_, attributes) in zip(queued, events, strict=True):
+            kept = second.message(message.id)
+            assert kept is not None and kept.attributes == attributes
+        sink = make_sink()
+        second.subscribe(sink.url, format="cloudevents", cloudevents_mode="structured")
+        wait_until(lambda: len(sink.raw) == 3, what="the events after the restart")
+        for raw, original, message in zip(sink.raw, sent, queued, strict=True):
+            received = JSONFormat().read(CoreEvent, raw)
+            assert_same_event(received, original, message.seq)
+    finally:
+        second.stop()

@@ -26,6 +26,8 @@ def create_app(settings: ClientSettings | None = None, subscribe: bool = True) -
         HttpPool(),
         token=settings.manage_token,
         max_batch=settings.max_batch,
+        format=settings.format,
+        cloudevents_mode=settings.cloudevents_mode,
     )
     # Deliveries are checked against the secret the broker's answer to our subscribe gives.
     secrets = subscription if settings.verify_signatures else None

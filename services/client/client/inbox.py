@@ -1,6 +1,6 @@
 """What this subscriber has received: each delivery taken through the shared
-WebhookReceiver (challenge, signature, envelope, repeats dropped), printed once, the recent
-ones kept for GET /messages, and counted for /metrics."""
+WebhookReceiver (challenge, signature, envelope or CloudEvents, repeats dropped), printed
+once, the recent ones kept for GET /messages, and counted for /metrics."""
 
 from __future__ import annotations
 
@@ -19,6 +19,14 @@ from groker_common.metrics import ReadAtScrape, counter
 from groker_common.webhooks import Answer, SecretHolder, WebhookReceiver
 
 log = logging.getLogger(__name__)
+
+
+def printed(message: dict[str, Any]) -> str:
+    """One received message as this subscriber prints it: `seq=12 {"n": 12}`, and for a
+    CloudEvent what tells it apart: `seq=12 id=... type=... source=... {"n": 12}`."""
+    event = message.get("cloudevent")
+    said = "" if event is None else "".join(f" {k}={event[k]}" for k in ("id", "type", "source"))
+    return f"seq={message['seq']}{said} {json.dumps(message['body'])}"
 
 
 class Inbox:
@@ -57,8 +65,7 @@ class Inbox:
 
     def _keep(self, message: dict[str, Any]) -> None:
         self._recent.append({**message, "received_at": time.time()})
-        line = f"seq={message['seq']} {json.dumps(message['body'])}"
-        print(line, file=self._out or sys.stdout, flush=True)
+        print(printed(message), file=self._out or sys.stdout, flush=True)
 
     def _refused(self, reason: str) -> None:
         log.warning("refused a delivery with a missing, wrong or stale signature: %s", reason)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import socket
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 
 from groker_common.settings import GrokerSettings
+
+# What the broker sends this subscriber: its envelope, or CloudEvents (in a content mode).
+Format = Literal["groker", "cloudevents"]
+CloudEventsMode = Literal["binary", "structured"]
 
 
 class ClientSettings(GrokerSettings):
@@ -23,6 +28,12 @@ class ClientSettings(GrokerSettings):
     manage_token: str | None = Field(None, description="bearer token sent when subscribing")
     max_batch: int = Field(
         1, ge=1, le=1000, description="messages per delivery at most (above 1: batches)"
+    )
+    format: Format = Field(
+        "groker", description="what the broker sends: its envelope, or CloudEvents"
+    )
+    cloudevents_mode: CloudEventsMode = Field(
+        "binary", description="how CloudEvents come over HTTP (batches: always structured)"
     )
     verify_signatures: bool = Field(
         True, description="refuse (401) deliveries not signed with our subscription's secret"

@@ -7,6 +7,7 @@ import logging
 
 import gevent
 
+from client.settings import CloudEventsMode, Format
 from groker_common.http import HttpPool
 
 log = logging.getLogger(__name__)
@@ -21,10 +22,17 @@ class Subscription:
         http: HttpPool,
         token: str | None = None,
         max_batch: int = 1,
+        format: Format = "groker",
+        cloudevents_mode: CloudEventsMode = "binary",
     ) -> None:
         self._url = broker_url.rstrip("/")
         self._token = token
-        self._max_batch = max_batch
+        # What we ask the broker to send, in every subscribe request.
+        self._asked = {
+            "max_batch": max_batch,
+            "format": format,
+            "cloudevents_mode": cloudevents_mode,
+        }
         self.callback = callback
         self._interval = interval
         self._http = http
@@ -62,7 +70,7 @@ class Subscription:
             status, answer = self._http.request_json(
                 "POST",
                 f"{self._url}/subscriptions",
-                {"callback": self.callback, "max_batch": self._max_batch},
+                {"callback": self.callback, **self._asked},
                 timeout=5,
                 token=self._token,
             )

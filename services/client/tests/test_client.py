@@ -172,3 +172,144 @@ def test_refuses_what_every_groker_receiver_refuses():
     assert answer.status_code == 401 and answer.get_json()["error"] == "bad signature"
     assert client.post("/messages", data=b"{not json").status_code == 400
     assert client.get("/messages").get_json()["received"] == 0
+
+
+# --- a CloudEvents subscriber: GROKER_FORMAT=cloudevents -----------------------------------
+ORDER = {
+    "specversion": "1.0",
+    "id": "order-7",
+    "source": "https://shop.example/orders",
+    "type": "com.example.order.created",
+    "tenant": "acme",
+    "data": {"order": 7},
+}
+
+
+def publish_raw(broker_url: str, path: str, body: Any, content_type: str, **headers: str):
+    """POST what a CloudEvents publisher sends, JSON of another content type."""
+    status, raw = http.request(
+        "POST",
+        f"{broker_url}{path}",
+        json.dumps(body).encode(),
+        {"Content-Type": content_type, **headers},
+    )
+    return status, json.loads(raw)
+
+
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+def test_a_cloudevents_subscriber_prints_and_keeps_each_event(
+    broker_url, start_client, capsys, mode
+):
+    app = start_client(format="cloudevents", cloudevents_mode=mode)
+    sub = app.extensions["groker"].subscription
+    wait_until(lambda: sub.id is not None, what="subscription")
+    (subscribed,) = subscriptions(broker_url)
+    assert (subscribed["format"], subscribed["cloudevents_mode"]) == ("cloudevents", mode)
+    status, first = http.request_json(
+        "POST", f"{broker_url}/messages", {"body": {"n": 0}, "mode": "sync"}
+    )
+    assert status == 200
+    status, _ = publish_raw(
+        broker_url, "/messages", ORDER, "application/cloudevents+json", **{"groker-mode": "sync"}
+    )
+    assert status == 200
+    kept = app.test_client().get("/messages").get_json()["messages"]
+    assert [(m["seq"], m["body"]) for m in kept] == [(1, {"n": 0}), (2, {"order": 7})]
+    # A plain message is groker's own event; a published one keeps its attributes.
+    assert kept[0]["id"] == first["id"]
+    assert (kept[0]["cloudevent"]["type"], kept[0]["cloudevent"]["source"]) == (
+        "groker.message",
+        "/groker",
+    )
+    assert kept[1]["id"] == "order-7"
+    assert kept[1]["cloudevent"]["tenant"] == "acme" and kept[1]["cloudevent"]["seq"] == 2
+    assert capsys.readouterr().out.splitlines() == [
+        f'seq=1 id={first["id"]} type=groker.message source=/groker {{"n": 0}}',
+        "seq=2 id=order-7 type=com.example.order.created source=https://shop.example/orders"
+        ' {"order": 7}',
+    ]
+
+
+def test_a_cloudevents_subscriber_takes_batches(broker_url, start_client, capsys):
+    app = start_client(format="cloudevents", max_batch=20)
+    sub = app.extensions["groker"].subscription
+    wait_until(lambda: sub.id is not None, what="subscription")
+    assert subscriptions(broker_url)[0]["max_batch"] == 20  # arrays of structured events
+    events = [{**ORDER, "id": f"order-{n}", "data": {"order": n}} for n in range(3)]
+    status, _ = publish_raw(
+        broker_url,
+        "/messages/batch",
+        events,
+        "application/cloudevents-batch+json",
+        **{"groker-mode": "sync"},
+    )
+    assert status == 200
+    answer = app.test_client().get("/messages").get_json()
+    assert [(m["seq"], m["id"], m["body"]) for m in answer["messages"]] == [
+        (1, "order-0", {"order": 0}),
+        (2, "order-1", {"order": 1}),
+        (3, "order-2", {"order": 2}),
+    ]
+    assert (answer["received"], answer["duplicates"]) == (3, 0)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" ")[:2] for line in lines] == [
+        ["seq=1", "id=order-0"],
+        ["seq=2", "id=order-1"],
+        ["seq=3", "id=order-2"],
+    ]
+
+
+def deliver_event(app, body: bytes, headers: dict[str, str]):
+    """POST a CloudEvents delivery, signed as the broker signs it."""
+    signed = sign(app.extensions["groker"].subscription.secret, "msg_1", body)
+    return app.test_client().post("/messages", data=body, headers=headers | signed)
+
+
+BINARY = {
+    "Content-Type": "application/json",
+    "ce-specversion": "1.0",
+    "ce-id": "evt-1",
+    "ce-source": "/sensors/a%20b",
+    "ce-type": "com.example.reading",
+    "ce-seq": "5",
+}
+
+
+def test_cloudevents_deliveries_drop_repeats_by_source_and_id_and_refuse_junk():
+    app = unsubscribed_app()
+    client = app.test_client()
+    taken = deliver_event(app, b"[21.5]", BINARY)
+    assert taken.status_code == 200 and taken.get_json()["duplicate"] is False
+    assert deliver_event(app, b"[21.5]", BINARY).get_json()["duplicate"] is True
+    # The same id from another source is another event.
+    other = BINARY | {"ce-source": "/sensors/c", "ce-seq": "6"}
+    assert deliver_event(app, b"[1]", other).get_json()["duplicate"] is False
+    # Data that looks like the broker's challenge is data, not a challenge.
+    challenge = b'{"type": "subscription.verify", "challenge": "c"}'
+    looks = deliver_event(app, challenge, BINARY | {"ce-id": "evt-2", "ce-seq": "7"})
+    assert looks.get_json() == {"ok": True, "duplicate": False}
+    kept = client.get("/messages").get_json()
+    assert [(m["seq"], m["cloudevent"]["source"]) for m in kept["messages"]] == [
+        (5, "/sensors/a b"),
+        (6, "/sensors/c"),
+        (7, "/sensors/a b"),
+    ]
+    assert (kept["received"], kept["duplicates"]) == (3, 1)
+    structured = {"Content-Type": "application/cloudevents+json"}
+    batch = {"Content-Type": "application/cloudevents-batch+json"}
+    for body, headers in [
+        (b"[1]", {k: v for k, v in BINARY.items() if k != "ce-seq"}),  # no groker seq
+        (b"[1]", BINARY | {"ce-seq": "five"}),
+        (json.dumps(ORDER).encode(), structured),  # no seq either
+        (json.dumps({**ORDER, "seq": 1, "specversion": "0.3"}).encode(), structured),
+        (b"{not json", structured),
+        (b"[]", batch),
+        (json.dumps({**ORDER, "seq": 1}).encode(), batch),  # an event, not a batch
+        (json.dumps([{**ORDER, "seq": 1}, 7]).encode(), batch),
+    ]:
+        refused = deliver_event(app, body, headers)
+        assert refused.status_code == 400, (body, headers)
+        assert refused.get_json()["error"] == "invalid delivery"
+    assert client.get("/messages").get_json()["received"] == 3
+    unsigned = client.post("/messages", data=b"[1]", headers=BINARY | {"ce-id": "evt-9"})
+    assert unsigned.status_code == 401
