@@ -3,7 +3,12 @@ running as real gunicorn+gevent processes in Docker Compose."""
 
 from __future__ import annotations
 
+import json
 import uuid
+
+from cloudevents.core.bindings.http import to_structured
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
 
 from groker_common.testing import poll
 
@@ -149,3 +154,71 @@ def test_dashboard_metrics_and_document_are_served_by_the_deployment(three_clien
     status, raw = system.http.request("GET", callback.replace("/messages", "/metrics"), b"", {})
     assert status == 200 and b"groker_client_received_total" in raw
     assert system.call("GET", f"{system.broker_url}/openapi.json")[1]["openapi"] == "3.1.0"
+
+
+def test_cloudevents_subscribers_get_each_message_as_the_same_event(three_clients: System):
+    """Two more clients subscribe for CloudEvents: one in binary mode, one at a time, one
+    in structured mode taking batches (application/cloudevents-batch+json); both read
+    deliveries with the SDK. A CloudEvent published (structured, sync) reaches both as the
+    same event (id, source, type, extension) with its seq, and so does each message of
+    the load generator's as a groker.message event, in seq order."""
+    system = three_clients
+    old = {s["id"] for s in system.subscriptions()}
+    runs = []
+    try:
+        for mode, batch in (("binary", "1"), ("structured", "10")):
+            output = system.compose(
+                "run", "-d", "--no-deps", "-e", "GROKER_FORMAT=cloudevents",
+                "-e", f"GROKER_CLOUDEVENTS_MODE={mode}", "-e", f"GROKER_MAX_BATCH={batch}",
+                "client",
+            )  # fmt: skip
+            runs.append(output.split()[-1])
+        poll(lambda: len(system.subscriptions()) == CLIENTS + 2, what="both subscribed")
+        joined = [s for s in system.subscriptions() if s["id"] not in old]
+        assert sorted((s["format"], s["cloudevents_mode"], s["max_batch"]) for s in joined) == [
+            ("cloudevents", "binary", 1),
+            ("cloudevents", "structured", 10),
+        ]
+        event = CloudEvent(
+            {
+                "id": f"e2e-{uuid.uuid4().hex}",
+                "source": "/e2e/orders",
+                "type": "com.example.order.placed",
+                "ordernumber": 17,
+            },
+            {"order": 17, "items": ["sku-1"]},
+        )
+        sent = to_structured(event, JSONFormat())
+        status, raw = system.http.request(
+            "POST",
+            f"{system.broker_url}/messages",
+            sent.body,
+            {
+                **sent.headers,
+                "groker-mode": "sync",
+                "Authorization": f"Bearer {system.token_for('POST', '/messages')}",
+            },
+            timeout=30,
+        )
+        answer = json.loads(raw)
+        assert (status, answer["delivered"]) == (200, CLIENTS + 2), answer
+        for subscription in joined:
+            received = system.received(subscription["callback"])
+            (got,) = [m for m in received if m["id"] == event.get_id()]
+            attributes = got["cloudevent"]
+            assert (got["seq"], got["body"]) == (answer["seq"], event.get_data())
+            assert attributes["source"] == "/e2e/orders"
+            assert attributes["type"] == "com.example.order.placed"
+            # binary mode carries extensions as header strings
+            assert str(attributes["ordernumber"]) == "17" and attributes["seq"] == answer["seq"]
+            # The load generator's messages go out as the broker's own events.
+            own = [m for m in received if m["cloudevent"]["type"] == "groker.message"]
+            assert len(own) >= 1
+            seqs = [m["seq"] for m in received]
+            assert seqs == sorted(set(seqs))
+    finally:
+        for container in runs:
+            system.docker("rm", "-f", container)
+        for subscription in system.subscriptions():
+            if subscription["id"] not in old:
+                system.broker("DELETE", f"/subscriptions/{subscription['id']}")
