@@ -312,6 +312,11 @@ def test_exactly_one_replica_serves_through_the_load_balancer(cluster: System):
     assert {answering_replica(system) for _ in range(10)} == {active}
     stats = system.stats()
     assert stats["store"] == "valkey", stats
+    # The dashboard shows every replica and which one holds the lanes.
+    shown = system.broker("GET", "/dashboard/snapshot")[1]["replicas"]
+    assert sorted((r["name"], r["role"]) for r in shown) == sorted(
+        (hostname, "owner" if hostname == active else "standby") for hostname in found
+    )
     # A standby refuses the API itself, in the broker's error shape, with Retry-After.
     (standby_ip,) = (ip for hostname, ip in found.items() if hostname != active)
     status, answer, headers = system.http.exchange_json(

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any, cast
 
 import gevent
-from flask import Blueprint, Response
+from flask import Blueprint, Response, current_app
 
 from broker.core import Broker
 from broker.operations import Documented, route
+from broker.replica import Replica
 from broker.routes import current_broker
 
 # Seconds between two events on a stream; the page's rate chart assumes about one a second.
@@ -27,8 +29,18 @@ dashboard = Blueprint(
 )
 
 
-def _event(broker: Broker) -> str:
-    return f"data: {json.dumps(broker.snapshot(), separators=(',', ':'))}\n\n"
+def _snapshot(broker: Broker, replica: Replica) -> dict[str, Any]:
+    """The broker's snapshot, and the replicas there are (in cluster mode, with which one
+    owns the queue and every lane)."""
+    return {**broker.snapshot(), "replicas": replica.roster()}
+
+
+def _event(broker: Broker, replica: Replica) -> str:
+    return f"data: {json.dumps(_snapshot(broker, replica), separators=(',', ':'))}\n\n"
+
+
+def _replica() -> Replica:
+    return cast(Replica, current_app.extensions["groker_replica"])
 
 
 @route(
@@ -50,7 +62,7 @@ def page() -> Response:
     replies={200: Documented("what the dashboard shows", schema={"type": "object"})},
 )
 def snapshot() -> dict:
-    return current_broker().snapshot()
+    return _snapshot(current_broker(), _replica())
 
 
 @route(
@@ -65,7 +77,7 @@ def snapshot() -> dict:
     },
 )
 def events() -> Response:
-    broker = current_broker()
+    broker, replica = current_broker(), _replica()
 
     def stream() -> Iterator[str]:
         yield f"retry: {RECONNECT_MS}\n"
@@ -74,9 +86,9 @@ def events() -> Response:
         # A draining broker ends the stream: an open one would hold the stopping worker for
         # gunicorn's whole graceful timeout.
         while not broker.draining:
-            yield _event(broker)
+            yield _event(broker, replica)
             gevent.sleep(EVENT_INTERVAL)
-        yield _event(broker)  # the last one says it is draining, so the page can show why
+        yield _event(broker, replica)  # the last one says it is draining, so the page can show why
 
     return Response(
         stream(),

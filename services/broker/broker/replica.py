@@ -14,8 +14,9 @@ import logging
 from collections.abc import Callable
 
 import gevent
+import valkey
 
-from broker.core import Broker
+from broker.core import REPLICA, Broker
 from broker.storage.lease import OwnerLease
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,16 @@ class Replica:
         if self._lease is None:
             return "alone"
         return "owner" if self.owning else "standby"
+
+    def roster(self) -> list[dict[str, object]]:
+        """The replicas there are, each with its role: this one alone, or every one that
+        shares the queue (as far as Valkey says; this one only if Valkey cannot say)."""
+        if self._lease is not None:
+            try:
+                return self._lease.roster()
+            except valkey.ValkeyError as exc:
+                log.warning("cannot read the replicas' roster: %s", exc)
+        return [{"name": REPLICA, "role": self.role, "seen_ago": 0.0}]
 
     def drain(self) -> None:
         self._stopping = True

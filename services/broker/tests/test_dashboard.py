@@ -15,6 +15,7 @@ from typing import Any
 import gevent
 import pytest
 
+from broker.core import REPLICA
 from groker_common.http import HttpPool
 from groker_common.testing import wait_until
 
@@ -48,6 +49,7 @@ PAGE_IDS = {
     "delivery-rate",
     "rates",
     "subscribers",
+    "replicas",
     "recent",
 }
 
@@ -111,6 +113,8 @@ def test_the_snapshot_shows_a_new_subscriber(client, make_sink):
     assert shown["stats"]["accepted"] == 1
     assert [(m["seq"], m["status"]) for m in shown["recent"]] == [(1, "published")]
     assert sink.received[0]["body"] == "hello"
+    # A broker of its own (no shared store): the one replica, alone, holding every lane.
+    assert [(r["name"], r["role"]) for r in shown["replicas"]] == [(REPLICA, "alone")]
 
 
 def test_the_event_stream_sends_a_snapshot_at_once(client, make_sink):
@@ -235,6 +239,8 @@ def drive_the_page(url: str, callback: str, stop_broker: Callable[[], None]) -> 
             expect(page.locator("#subscribers tr").first).to_contain_text("3")
             expect(page.locator("#recent tr")).to_have_count(3)
             expect(page.locator("#recent tr").first).to_contain_text("published")
+            expect(page.locator("#replicas tr")).to_have_count(1)
+            expect(page.locator("#replicas")).to_contain_text("alone")
             # One more event after the last publish, so the chart shows the rates fall back.
             updated = page.locator("#updated").text_content()
             expect(page.locator("#updated")).not_to_have_text(updated or "", timeout=10_000)

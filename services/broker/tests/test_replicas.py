@@ -61,7 +61,9 @@ def test_a_standby_takes_over_the_queue_when_the_owner_stops(valkey_server, make
     def replica(name: str) -> Replica:
         return Replica(
             lambda token: build_broker(settings, owner_token=token),
-            OwnerLease(settings.valkey_url, settings.valkey_prefix, settings.lease_seconds),
+            OwnerLease(
+                settings.valkey_url, settings.valkey_prefix, settings.lease_seconds, name=name
+            ),
             on_active=lambda broker: active.__setitem__(name, broker),
             on_lost=lambda: lost.append(name),
         )
@@ -73,10 +75,18 @@ def test_a_standby_takes_over_the_queue_when_the_owner_stops(valkey_server, make
     # Longer than the lease: the owner renews it, so the standby never takes over.
     gevent.sleep(settings.lease_seconds * 1.5)
     assert (first.role, second.role, second.ready) == ("owner", "standby", False)
+    # Both say so in the roster (the dashboard's replicas), read by either one.
+    roster = [(r["name"], r["role"]) for r in first.roster()]
+    assert (
+        roster
+        == [("first", "owner"), ("second", "standby")]
+        == [(r["name"], r["role"]) for r in second.roster()]
+    )
     message, _ = first.broker.publish_once("k", {"n": 1})
-    first.stop()  # hands the lease over
+    first.stop()  # hands the lease over, and leaves the roster
     wait_until(lambda: second.ready, timeout=3, what="the standby to take over")
     try:
+        assert [(r["name"], r["role"]) for r in second.roster()] == [("second", "owner")]
         assert second.broker.message(message.id).seq == message.seq
         assert second.broker.publish_once("k", {"n": 1}) == (
             second.broker.message(message.id),

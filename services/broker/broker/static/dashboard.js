@@ -42,6 +42,19 @@ function render(snapshot) {
 
   record(snapshot.time, stats);
   drawRates();
+  // One replica runs the broker at a time (active/standby): the one alone or owning the
+  // queue holds every lane; a standby holds none until it takes over.
+  const holding = (role) => (role === "standby" ? "none" : `all ${stats.subscribers}`);
+  fill(
+    "replicas",
+    (snapshot.replicas ?? []).map((r) => [
+      [r.name, r.name === stats.replica ? "mono this" : "mono"],
+      [r.role],
+      [holding(r.role)],
+      [`${r.seen_ago.toFixed(1)} s ago`, "num"],
+    ]),
+    "no replica has reported",
+  );
   fill(
     "subscribers",
     snapshot.subscribers.map((s) => [

@@ -4,10 +4,15 @@
 it every third of the lease and every write of its store is fenced by it (see valkey.py's
 WRITE script), so a replica that lost the lease (paused, cut off) can no longer change the
 queue once another one holds it. The others wait as standbys and take over when the key
-expires, at most one lease after the owner died, or at once when it hands over (release)."""
+expires, at most one lease after the owner died, or at once when it hands over (release).
+
+Every replica also says it is there, and as what, in `{prefix}:replicas` (name -> role and
+when), each time it renews or tries to take the lease: the roster the dashboard shows.
+Names not heard from for ROSTER_LEASES leases are dropped from it."""
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
@@ -19,6 +24,9 @@ import valkey
 from broker.storage.valkey_client import ValkeyTarget
 
 log = logging.getLogger(__name__)
+
+# A replica not heard from for this many leases has gone (killed, scaled down).
+ROSTER_LEASES = 3
 
 # Extend or drop the key only while it is still ours.
 RENEW = """
@@ -36,10 +44,14 @@ return 0
 
 
 class OwnerLease:
-    def __init__(self, target: ValkeyTarget | str, prefix: str, seconds: float) -> None:
-        self.token = f"{socket.gethostname()}-{uuid.uuid4().hex[:12]}"
+    def __init__(
+        self, target: ValkeyTarget | str, prefix: str, seconds: float, name: str | None = None
+    ) -> None:
+        self.name = name or socket.gethostname()
+        self.token = f"{self.name}-{uuid.uuid4().hex[:12]}"
         self.seconds = seconds
         self._key = f"{{{prefix}}}:owner"
+        self._roster = f"{{{prefix}}}:replicas"
         timeout = max(0.5, seconds / 3)
         if isinstance(target, str):
             target = ValkeyTarget(target)
@@ -57,8 +69,12 @@ class OwnerLease:
         try:
             if self._client.set(self._key, self.token, nx=True, px=self._ms):
                 self._renewed_at = time.monotonic()
+                self.announce("owner")
                 return True
-            return self.renew()
+            if self.renew():
+                return True
+            self.announce("standby")
+            return False
         except valkey.ValkeyError as exc:
             log.warning("cannot reach Valkey for the ownership lease: %s", exc)
             return False
@@ -78,8 +94,29 @@ class OwnerLease:
         """Extend the lease; False once it is someone else's."""
         if self._renew(keys=[self._key], args=[self.token, self._ms]) == 1:
             self._renewed_at = time.monotonic()
+            self.announce("owner")
             return True
         return False
+
+    def announce(self, role: str) -> None:
+        """Say in the roster that this replica is here, as `role`."""
+        entry = json.dumps({"role": role, "seen": time.time()})
+        self._client.hset(self._roster, self.name, entry)
+
+    def roster(self) -> list[dict[str, object]]:
+        """Every replica heard from lately (name, role, seconds since), the gone dropped."""
+        now = time.time()
+        found, gone = [], []
+        for name, entry in sorted(self._client.hgetall(self._roster).items()):
+            fields = json.loads(entry)
+            ago = max(0.0, now - fields["seen"])
+            if ago > ROSTER_LEASES * self.seconds:
+                gone.append(name)
+            else:
+                found.append({"name": name, "role": fields["role"], "seen_ago": round(ago, 1)})
+        if gone:
+            self._client.hdel(self._roster, *gone)
+        return found
 
     def held(self) -> bool:
         """Still ours as far as this process can tell: renewed within the lease (a process
@@ -101,9 +138,10 @@ class OwnerLease:
         log.error("this replica lost the ownership lease (another one owns the queue)")
 
     def release(self) -> None:
-        """Hand over at once (a graceful stop), if it is still ours."""
+        """Hand over at once (a graceful stop), if it is still ours; leave the roster."""
         try:
             self._release(keys=[self._key], args=[self.token])
+            self._client.hdel(self._roster, self.name)
         except valkey.ValkeyError as exc:
             log.warning("could not release the ownership lease: %s", exc)
         self._client.close()
