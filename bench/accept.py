@@ -5,6 +5,7 @@ the end, its peak and how long it then takes to drain are reported with it."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -34,9 +35,17 @@ def baseline(seconds: int, warmup: int) -> dict[str, Any]:
 
 
 def measure(
-    url: str, seconds: int, warmup: int, token: str | None = None, keyed: bool = False
+    url: str,
+    seconds: int,
+    warmup: int,
+    token: str | None = None,
+    keyed: bool = False,
+    meter: contextlib.AbstractContextManager[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Hammer a broker that already has its subscriber; the queue must drain after."""
+    """Hammer a broker that already has its subscriber; the queue must drain after.
+    `meter` (common.cpu_used, say) runs from the first measured request until the queue
+    drained, so that every message accepted meanwhile is counted with all it cost (stored,
+    published, delivered) and nothing else is; what it yields is reported as `cost`."""
     load.hammer(f"{url}/messages", warmup, token, keyed)
     wait_drained(url, 60)
     before = call("GET", f"{url}/stats")
@@ -47,15 +56,17 @@ def measure(
             peak[0] = max(peak[0], call("GET", f"{url}/stats")["queue_length"])
             gevent.sleep(0.25)
 
-    sampler = gevent.spawn(sample)
-    try:
-        result = load.hammer(f"{url}/messages", seconds, token, keyed)
-    finally:
-        sampler.kill()
-    after = call("GET", f"{url}/stats")
-    drain_s = wait_drained(url, 120)
+    with meter or contextlib.nullcontext({}) as used:
+        sampler = gevent.spawn(sample)
+        try:
+            result = load.hammer(f"{url}/messages", seconds, token, keyed)
+        finally:
+            sampler.kill()
+        after = call("GET", f"{url}/stats")
+        drain_s = wait_drained(url, 120)
     accepted = after["accepted"] - before["accepted"]
     return {
+        **({"cost": used} if meter else {}),
         **result,
         "rate": accepted / result["duration_s"],  # what the broker took, not what wrk sent
         "accepted": accepted,

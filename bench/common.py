@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -218,10 +218,11 @@ def gunicorn(name: str, app: str, config: Path, cwd: Path, **env: str) -> Proc:
 
 
 @contextlib.contextmanager
-def broker(store: str = "memory", **env: str) -> Iterator[tuple[str, Proc]]:
+def broker(store: str = "memory", ready: str = "/readyz", **env: str) -> Iterator[tuple[str, Proc]]:
     """A real broker on a free port, started as the tests start one
     (groker_common.testing.launch_broker: gunicorn + gevent, one worker, quiet, loopback
-    callbacks allowed) with room for a benchmark's queue; yields (url, proc)."""
+    callbacks allowed) with room for a benchmark's queue; yields (url, proc) once `ready`
+    answers 200 (a standby replica never gets ready: wait for /healthz instead)."""
     settings = {"GROKER_STORE": store, "GROKER_MAX_QUEUE_LENGTH": "1000000", **env}
     with tempfile.TemporaryDirectory(prefix="groker-bench-db-") as tmp:
         settings.setdefault("GROKER_DB_PATH", f"{tmp}/b.db")
@@ -230,8 +231,8 @@ def broker(store: str = "memory", **env: str) -> Iterator[tuple[str, Proc]]:
             process, _ = launch_broker(out, port=port, popen_options=CHILD_OPTIONS, **settings)
             return process
 
-        ready = "http://127.0.0.1:{port}/readyz"
-        with running(serve_on_free_port(f"broker-{store}", start, ready)) as proc:
+        probe = "http://127.0.0.1:{port}" + ready
+        with running(serve_on_free_port(f"broker-{store}", start, probe)) as proc:
             yield f"http://127.0.0.1:{proc.port}", proc
 
 
@@ -262,6 +263,31 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for {pid}")
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (a store's writer thread
+    included), from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The command name, in parentheses, may hold spaces: count fields after it. utime and
+    # stime are fields 14 and 15, the 12th and 13th after the name.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+@contextlib.contextmanager
+def cpu_used(pids: Mapping[str, int]) -> Iterator[dict[str, float]]:
+    """CPU seconds each named process used inside the block, and the block's `wall_s`: the
+    dict yielded is filled in on leaving it."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    began = time.monotonic()
+    used: dict[str, float] = {}
+    yield used
+    used.update({name: round(cpu_seconds(pid) - before[name], 3) for name, pid in pids.items()})
+    used["wall_s"] = round(time.monotonic() - began, 3)
 
 
 def percentile(values: Sequence[float], p: float) -> float:

@@ -15,6 +15,7 @@ median."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import time
@@ -56,24 +57,32 @@ def messages(total: int, n: int) -> int:
 
 
 def broker_rate(
-    url: str, callbacks: list[str], m: int, publish: str | None = None, manage: str | None = None
+    url: str,
+    callbacks: list[str],
+    m: int,
+    publish: str | None = None,
+    manage: str | None = None,
+    meter: contextlib.AbstractContextManager[dict[str, Any]] | None = None,
 ) -> dict:
     """Subscribe the callbacks (those already subscribed stay), publish m messages, and
-    time until all m*N are delivered. publish/manage: the bearer tokens, if any."""
+    time until all m*N are delivered. publish/manage: the bearer tokens, if any. `meter`
+    (common.cpu_used, say) runs over that time; what it yields is reported as `cost`."""
     subscribe_all(url, callbacks, manage)
     before = call("GET", f"{url}/stats")
     if before["subscribers"] != len(callbacks):
         raise RuntimeError(f"{before['subscribers']} subscribers, expected {len(callbacks)}")
-    began = time.monotonic()
-    publish_s = load.publish_n(url, m, publish)
-    published = call("GET", f"{url}/stats")
-    target = before["delivered"] + m * len(callbacks)
-    reached, after = wait_stats(url, "delivered", target, timeout=300)
+    with meter or contextlib.nullcontext({}) as used:
+        began = time.monotonic()
+        publish_s = load.publish_n(url, m, publish)
+        published = call("GET", f"{url}/stats")
+        target = before["delivered"] + m * len(callbacks)
+        reached, after = wait_stats(url, "delivered", target, timeout=300)
     elapsed = reached - began
     # Deliveries/s once publishing stopped: delivery alone, without accept competing.
     tail = after["delivered"] - published["delivered"]
     tail_s = reached - began - publish_s
     return {
+        **({"cost": used} if meter else {}),
         "subscribers": len(callbacks),
         "messages": m,
         "deliveries": m * len(callbacks),

@@ -24,8 +24,12 @@ BATCHED = 100  # max_batch of the subscribers in the batched point
 SUBSCRIBERS = 3
 
 
-def paced(rate: float, seconds: float, send: Callable[[int], bool]) -> dict[str, Any]:
-    """Call send(i) at `rate` per second for `seconds`; send returns True on success."""
+def paced(
+    rate: float, seconds: float, send: Callable[[int], bool], keep: list[float] | None = None
+) -> dict[str, Any]:
+    """Call send(i) at `rate` per second for `seconds`; send returns True on success.
+    `keep`: every latency (ms) is also appended to it, for a caller that takes percentiles
+    over several runs."""
     count = int(rate * seconds)
     latencies: list[float] = []
     ends = [0.0]
@@ -50,6 +54,8 @@ def paced(rate: float, seconds: float, send: Callable[[int], bool]) -> dict[str,
         group.spawn(one, i, due)
     group.join(timeout=60)
     ms = [x * 1000 for x in latencies]
+    if keep is not None:
+        keep.extend(ms)
     return {
         "offered": rate,
         "achieved": round(len(latencies) / (ends[0] - start), 1) if latencies else 0.0,
@@ -61,18 +67,25 @@ def paced(rate: float, seconds: float, send: Callable[[int], bool]) -> dict[str,
     }
 
 
+def sync_publish(pool: HttpPool, url: str) -> Callable[[int], bool]:
+    """send(i) for `paced`: one sync publish to the broker at `url`; True once published."""
+    body = load.publish_body("sync")
+
+    def send(_i: int) -> bool:
+        return pool.request("POST", f"{url}/messages", body, JSON_HEADERS, 30)[0] == 200
+
+    return send
+
+
 def run(short: bool) -> dict[str, Any]:
     seconds = 2 if short else 10
     out: dict[str, Any] = {"subscribers": SUBSCRIBERS, "seconds": seconds, "points": []}
     # Enough connections that the pool never queues a due request behind another.
     pool = HttpPool(concurrency=1024)
-    body = load.publish_body("sync")
     with sinks(SUBSCRIBERS) as callbacks, broker("memory") as (url, _):
         subscribe_all(url, callbacks)
         batch = payloads(int(max(RATES) * seconds))
-
-        def publish(_i: int) -> bool:
-            return pool.request("POST", f"{url}/messages", body, JSON_HEADERS, 30)[0] == 200
+        publish = sync_publish(pool, url)
 
         def direct(i: int) -> bool:
             payload, headers = batch[i]
@@ -92,11 +105,7 @@ def run(short: bool) -> dict[str, Any]:
             for callback in callbacks:
                 call("POST", f"{batching_url}/subscriptions",
                      {"callback": callback, "max_batch": BATCHED})  # fmt: skip
-
-            def publish_batching(_i: int) -> bool:
-                answer = pool.request("POST", f"{batching_url}/messages", body, JSON_HEADERS, 30)
-                return answer[0] == 200
-
+            publish_batching = sync_publish(pool, batching_url)
             paced(100, 1, publish_batching)
             rate = max(RATES)
             out["batched"] = {

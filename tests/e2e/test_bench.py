@@ -22,7 +22,7 @@ def test_the_short_benchmarks_run_and_report_every_ratio():
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((ROOT / "bench/results/latest.json").read_text())
     benchmarks = results["benchmarks"]
-    assert set(benchmarks) >= {"accept", "fanout", "latency", "memory", "compose"}
+    assert set(benchmarks) >= {"accept", "fanout", "latency", "memory", "compose", "cluster"}
     accept = benchmarks["accept"]
     for store in ("memory", "sqlite", "sqlite_keyed", "alone", "alone_batch"):
         assert accept[store]["rate"] > 0 and accept[store]["non_2xx"] == 0
@@ -35,6 +35,14 @@ def test_the_short_benchmarks_run_and_report_every_ratio():
     batched = benchmarks["fanout"]["batched"]
     assert batched["batched"]["rate"] > 0 and batched["batched"]["failed"] == 0
     assert benchmarks["memory"]["bytes_per_message"] > 0
+    cluster = benchmarks["cluster"]
+    for store in ("valkey", "sqlite"):
+        assert cluster["accept"][store]["rate"] > 0 and cluster["accept"][store]["non_2xx"] == 0
+        assert cluster["fanout"][store]["rate"] > 0 and cluster["fanout"][store]["failed"] == 0
+        assert cluster["latency"][store]["failed"] == 0
+    # The second replica stood by the whole run: the case is the one the report claims.
+    assert all(a["error"] == "standby" for a in cluster["accept"]["standby"]["answers"])
+    assert cluster["cost"]["cpu_us_per_message"]["valkey"] > 0
     assert "skipped" not in benchmarks["compose"], benchmarks["compose"]
     assert (ROOT / "bench/results/fanout.png").stat().st_size > 0
     print(done.stdout)

