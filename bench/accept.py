@@ -23,6 +23,7 @@ from bench.common import (
 )
 
 BATCH = 100  # messages per request in the batch run
+DELIVERY_BATCH = 100  # max_batch of the subscriber in the batch delivery run
 
 
 def baseline(seconds: int, warmup: int) -> dict[str, Any]:
@@ -105,6 +106,13 @@ def run(short: bool) -> dict[str, Any]:
                 if store == "sqlite":
                     # What a stored Idempotency-Key costs, against the run just above.
                     out["sqlite_keyed"] = measure(url, seconds, warmup, keyed=True)
+        # The subscriber taking batches: an accept no longer pays for a delivery of its own
+        # (the memory store, as the run above that it is compared with).
+        with broker("memory") as (url, _):
+            subscription = {"callback": callback, "max_batch": DELIVERY_BATCH}
+            call("POST", f"{url}/subscriptions", subscription)
+            out["batch_delivery"] = measure(url, seconds, warmup)
+            out["batch_delivery"]["max_batch"] = DELIVERY_BATCH
     # Accepting alone, one message per request against BATCH: no subscriber, so neither
     # flow control (which paces publishers to the deliveries) nor deliveries share the core,
     # and a queue bound the run cannot reach.

@@ -21,6 +21,7 @@ from groker_common.http import JSON_HEADERS, HttpPool
 
 RATES = (100, 1000)
 BATCHED = 100  # max_batch of the subscribers in the batched point
+SYNC_BATCH = 10  # messages per sync POST /messages/batch in the batch publish point
 SUBSCRIBERS = 3
 
 
@@ -67,12 +68,16 @@ def paced(
     }
 
 
-def sync_publish(pool: HttpPool, url: str) -> Callable[[int], bool]:
-    """send(i) for `paced`: one sync publish to the broker at `url`; True once published."""
-    body = load.publish_body("sync")
+def sync_publish(pool: HttpPool, url: str, batch: int = 0) -> Callable[[int], bool]:
+    """send(i) for `paced`: one sync publish to the broker at `url` (with `batch`, a sync
+    POST /messages/batch of that many); True once published."""
+    if batch:
+        path, body = "/messages/batch", load.batch_body(batch, "sync")
+    else:
+        path, body = "/messages", load.publish_body("sync")
 
     def send(_i: int) -> bool:
-        return pool.request("POST", f"{url}/messages", body, JSON_HEADERS, 30)[0] == 200
+        return pool.request("POST", f"{url}{path}", body, JSON_HEADERS, 30)[0] == 200
 
     return send
 
@@ -112,6 +117,17 @@ def run(short: bool) -> dict[str, Any]:
                 "rate": rate,
                 "max_batch": BATCHED,
                 "broker": paced(rate, seconds, publish_batching),
+                "direct": out["points"][-1]["direct"],
+            }
+            # The same messages a second, published SYNC_BATCH to a request: each request
+            # answered once all its messages are published.
+            publish_batches = sync_publish(pool, batching_url, SYNC_BATCH)
+            paced(10, 1, publish_batches)
+            out["sync_batches"] = {
+                "rate": rate,
+                "batch": SYNC_BATCH,
+                "max_batch": BATCHED,
+                "broker": paced(rate / SYNC_BATCH, seconds, publish_batches),
                 "direct": out["points"][-1]["direct"],
             }
     pool.close()

@@ -33,9 +33,9 @@ def publish_body(mode: str = "async") -> bytes:
     return json.dumps({"body": BODY, "mode": mode}).encode()
 
 
-def batch_body(size: int) -> bytes:
+def batch_body(size: int, mode: str = "async") -> bytes:
     """A POST /messages/batch body: `size` messages of the benchmarks' body."""
-    return json.dumps({"messages": [{"body": BODY}] * size}).encode()
+    return json.dumps({"messages": [{"body": BODY}] * size, "mode": mode}).encode()
 
 
 def hammer(

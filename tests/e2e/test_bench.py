@@ -24,7 +24,7 @@ def test_the_short_benchmarks_run_and_report_every_ratio():
     benchmarks = results["benchmarks"]
     assert set(benchmarks) >= {"accept", "fanout", "latency", "memory", "compose", "cluster"}
     accept = benchmarks["accept"]
-    for store in ("memory", "sqlite", "sqlite_keyed", "alone", "alone_batch"):
+    for store in ("memory", "sqlite", "sqlite_keyed", "alone", "alone_batch", "batch_delivery"):
         assert accept[store]["rate"] > 0 and accept[store]["non_2xx"] == 0
     # A key of its own on every request: each one stored, none answered as a repeat.
     assert accept["sqlite_keyed"]["replayed"] == 0
@@ -34,6 +34,8 @@ def test_the_short_benchmarks_run_and_report_every_ratio():
         assert point["memory"]["failed"] == 0
     batched = benchmarks["fanout"]["batched"]
     assert batched["batched"]["rate"] > 0 and batched["batched"]["failed"] == 0
+    for point in ("batched", "sync_batches"):
+        assert benchmarks["latency"][point]["broker"]["failed"] == 0
     assert benchmarks["memory"]["bytes_per_message"] > 0
     cluster = benchmarks["cluster"]
     for store in ("valkey", "sqlite"):
