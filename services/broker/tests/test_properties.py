@@ -4,6 +4,7 @@ real receiver on loopback; every example gets a fresh broker."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter, defaultdict
 from typing import Any
@@ -64,17 +65,25 @@ class Receiver:
         return [b"{}"]
 
 
+@pytest.mark.parametrize("store", ["memory", "sqlite", "valkey"])
 @given(steps=st.lists(step, max_size=25))
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-def test_any_interleaving_keeps_the_promises(steps):
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+def test_any_interleaving_keeps_the_promises(store, request, steps):
+    """The same promises whatever keeps the queue: each example on an empty store."""
     receiver = Receiver()
-    broker = build_broker(settings_for_tests(delivery_timeout=0.5, sync_timeout=30))
-    broker.start()
-    try:
-        run(broker, receiver, steps)
-    finally:
-        broker.stop()
-        receiver.server.stop(timeout=0)
+    options = {"delivery_timeout": 0.5, "sync_timeout": 30}
+    if store == "memory":
+        stored = contextlib.nullcontext(settings_for_tests(**options))
+    else:
+        stored = fresh_durable_settings(request, store, **options)
+    with stored as settings_:
+        broker = build_broker(settings_)
+        broker.start()
+        try:
+            run(broker, receiver, steps)
+        finally:
+            broker.stop()
+            receiver.server.stop(timeout=0)
 
 
 def run(broker: Broker, receiver: Receiver, steps: list[tuple[str, Any]]) -> None:
