@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,24 @@ class System:
             spec["sync_ratio"] = sync_ratio
         status, answer = self.call("PUT", f"{self.server_url}/rate", spec)
         assert status == 200, answer
+
+    def settled(self, quiet: float = 2.0, timeout: float = 120, confirmed: bool = True) -> dict:
+        """The load generator's stats once every message it sent was answered (accepted
+        or lost) and, if `confirmed`, confirmed, and nothing new was sent for `quiet`
+        seconds: a message the loop was already waiting to send when it was paused may
+        still go out."""
+        deadline = time.monotonic() + timeout
+        sent, since = -1, time.monotonic()
+        while True:
+            stats = self.server_stats()
+            if stats["sent"] != sent:
+                sent, since = stats["sent"], time.monotonic()
+            answered = stats["in_flight"] == 0 and stats["accepted"] + stats["lost"] == sent
+            done = answered and (stats["pending"] == 0 or not confirmed)
+            if done and time.monotonic() - since >= quiet:
+                return stats
+            assert time.monotonic() < deadline, f"the load generator did not settle: {stats}"
+            time.sleep(0.2)
 
     def received(self, callback: str) -> list[dict]:
         """What one client has received: it serves that list at its own webhook URL."""

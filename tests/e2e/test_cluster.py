@@ -145,23 +145,6 @@ def publish_probe(system: System, key: str) -> str | None:
     return headers["x-groker-replica"] if status == 202 else None
 
 
-def settled(system: System, quiet: float = 2.0, timeout: float = 120) -> dict:
-    """The load generator's stats once every message it sent was answered (accepted or
-    lost) and confirmed, and nothing new was sent for `quiet` seconds: a message the loop
-    was already waiting to send when it was paused may still go out."""
-    deadline = time.monotonic() + timeout
-    sent, since = -1, time.monotonic()
-    while True:
-        stats = system.server_stats()
-        if stats["sent"] != sent:
-            sent, since = stats["sent"], time.monotonic()
-        answered = stats["in_flight"] == 0 and stats["accepted"] + stats["lost"] == sent
-        if answered and stats["pending"] == 0 and time.monotonic() - since >= quiet:
-            return stats
-        assert time.monotonic() < deadline, f"the load generator did not settle: {stats}"
-        time.sleep(0.2)
-
-
 def bring_back(system: System, brokers: int = BROKERS) -> str:
     """`brokers` replicas running (those stopped or killed before come back as standbys,
     new ones are added, extra ones removed), exactly one of them ready, and the load
@@ -231,7 +214,7 @@ def assert_every_message_once_in_order(
     of them as one message, the same at every client, published says the broker; and the
     seqs only go up. Returns the settled stats and number -> id."""
     system.set_rate(0)  # what it meant to send is now fixed; its retries settle
-    stats = settled(system)
+    stats = system.settled()
     assert (stats["lost"], stats["duplicates"]) == (0, 0), stats
     meant = set(range(first_n + 1, stats["sent"] + 1))
     assert len(meant) >= at_least, stats
