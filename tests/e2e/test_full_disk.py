@@ -14,14 +14,14 @@ from groker_common.testing import poll
 from .conftest import ROOT, System
 
 PAD = "x" * 20_000  # each message adds ~20 KB to SQLite's WAL
-# Write one file until the tmpfs is full; ENOSPC is the point, not an error.
+# Write one file until the tmpfs is full; ENOSPC is the point, not an error. Unbuffered:
+# a buffered file would try its unwritten bytes again on close, and fail there.
 FILL = """
 import errno
-with open('/data/filler', 'wb') as filler:
+with open('/data/filler', 'wb', buffering=0) as filler:
     try:
         while True:
             filler.write(b'\\0' * 65536)
-            filler.flush()
     except OSError as exc:
         assert exc.errno == errno.ENOSPC, exc
 """
