@@ -112,6 +112,19 @@ def test_publishes_sync_and_async_and_confirms_both(stack, http):
         sink_server.stop(timeout=0)
 
 
+def test_sync_publishes_waiting_hold_up_no_others(stack):
+    """Nobody subscribed, so every sync publish waits (each on a connection of its own)
+    while the async ones due after it are still sent and accepted."""
+    broker_url = start(stack, broker_app(sync_timeout=30))
+    app, _ = start_server(stack, broker_url, rate=100, sync_ratio=0.5)
+    stats = app.extensions["groker"].stats
+    wait_until(lambda: stats.sent >= 60, what="60 messages sent")
+    # More waiting sync publishes than the 8 connections a pool has by default.
+    wait_until(lambda: stats.accepted >= 25, timeout=10, what="the async ones accepted")
+    assert stats.confirmed_sync == 0  # the sync ones are all still waiting
+    app.extensions["groker"].publisher.stop()
+
+
 def test_backs_off_when_the_queue_is_full(stack):
     broker_url = start(
         stack,
