@@ -30,7 +30,14 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from dateutil.parser import isoparse
 
-from broker.model import JsonText, Message, Subscriber, attribute_headers, encode_body
+from broker.model import (
+    JsonText,
+    Message,
+    Subscriber,
+    attribute_headers,
+    encode_body,
+    integral,
+)
 
 SPECVERSION = "1.0"
 EVENT_TYPE = "groker.message"
@@ -227,20 +234,12 @@ def parse_structured(raw: Any) -> tuple[JsonText, dict[str, Any]]:
         raise InvalidEvent("groker carries JSON data only, not data_base64", "data_base64")
     # What the SDK's JSON format does before it builds the event, on the object decoded
     # once: its time as a datetime, its data apart.
-    attributes = {name: _integer(value) for name, value in raw.items() if name != "data"}
+    attributes = {name: integral(value) for name, value in raw.items() if name != "data"}
     sent_time = attributes.get("time")
     if "time" in attributes:
         attributes["time"] = _time(sent_time)
     event = _built(lambda: CloudEvent(attributes, raw.get("data")))
     return _message(event, sent_time, event.get_data())
-
-
-def _integer(value: Any) -> Any:
-    """A whole number written with a fraction (7.0) as the integer it is: JSON has one
-    number type, and JSON Schema's "integer" takes 7.0 too."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
 
 
 def _require(raw: Mapping[str, Any]) -> None:

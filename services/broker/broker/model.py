@@ -30,6 +30,14 @@ class JsonText(str):
     it), so that the publish route encodes each body once."""
 
 
+def integral(value: Any) -> Any:
+    """A whole number written with a fraction (7.0) as the integer it is: JSON has one
+    number type, and JSON Schema's "integer" takes 7.0 too (but not "7", nor true)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def encode_body(body: Any) -> JsonText:
     """The body as compact JSON text. allow_nan=False: never emit NaN or Infinity, which
     strict JSON parsers refuse (raises ValueError)."""

@@ -83,12 +83,8 @@ class Replica:
 
     @property
     def ready(self) -> bool:
-        return (
-            self.owning
-            and self.broker is not None
-            and self.broker.ready
-            and not (self.broker.draining)
-        )
+        broker = self.broker
+        return self.owning and broker is not None and broker.ready and not broker.draining
 
     @property
     def role(self) -> str:

@@ -26,7 +26,7 @@ from broker.cloudevents import (
     MAX_ATTRIBUTE_VALUE,
     MAX_ATTRIBUTES,
 )
-from broker.model import JsonText, encode_body
+from broker.model import JsonText, encode_body, integral
 
 if TYPE_CHECKING:
     from broker.model import Message, Subscriber
@@ -231,15 +231,8 @@ MAX_DELIVERY_BATCH = 1000
 MAX_WAIT_MS = 1000
 
 
-def _integral(value: Any) -> Any:
-    # JSON Schema's "integer" is any number with no fractional part, 382.0 included; the
-    # strict models would refuse it as a float (and must go on refusing "382" and true).
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-JsonInteger = Annotated[int, BeforeValidator(_integral)]
+# The strict models would refuse 382.0 as a float, though JSON Schema calls it an integer.
+JsonInteger = Annotated[int, BeforeValidator(integral)]
 
 
 class SubscribeRequest(BaseModel):
