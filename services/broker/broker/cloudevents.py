@@ -38,13 +38,12 @@ from broker.model import (
     encode_body,
     integral,
 )
+from groker_common.webhooks import BATCH, STRUCTURED  # one definition, the receivers' too
 
 SPECVERSION = "1.0"
 EVENT_TYPE = "groker.message"
 DEFAULT_SOURCE = "/groker"
 DATA_CONTENT_TYPE = "application/json"
-STRUCTURED = "application/cloudevents+json"
-BATCH = "application/cloudevents-batch+json"
 # Binary mode header values: the spec asks for space, '"', '%' and anything outside
 # printable ASCII to be percent-encoded (as UTF-8).
 HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')

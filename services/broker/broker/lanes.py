@@ -113,16 +113,12 @@ class Lane:
         batch = [first]
         deadline = time.monotonic() + wait
         while len(batch) < most:
-            try:
-                batch.append(self._queue.get_nowait())
-                continue
-            except gevent.queue.Empty:
-                pass
+            # What waits already, then what comes within max_wait_ms.
             left = deadline - time.monotonic()
-            if left <= 0:
-                break
             try:
-                batch.append(self._queue.get(timeout=left))
+                batch.append(
+                    self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+                )
             except gevent.queue.Empty:
                 break
         return batch
