@@ -94,6 +94,12 @@ class HttpPool:
         except ValueError:
             return status, raw.decode(errors="replace"), answer_headers
 
+    def relay(
+        self, method: str, url: str, body: bytes, headers: dict[str, str], timeout: float
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """Send a request as given and return its answer whole: status, body, headers."""
+        return self._exchange(method, url, body, headers, timeout, True)
+
     def _exchange(
         self,
         method: str,

@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+from typing import cast
 
-from flask import Flask, Response
+from flask import Flask, Response, request
 
+from broker.acceptor import Acceptor
 from broker.access import install_access_control
 from broker.core import REPLICA, Broker
 from broker.dashboard import dashboard
+from broker.forward import Forwarder
+from broker.guard import CallbackGuard
+from broker.inbox import Inbox
+from broker.intake import Announcer, Intake
 from broker.metrics import BrokerMetrics
 from broker.openapi import spec
 from broker.replica import Replica
 from broker.routes import api
 from broker.settings import BrokerSettings
 from broker.storage.lease import OwnerLease
+from broker.storage.valkey import ValkeyStore
 from broker.storage.valkey_client import ValkeyTarget
 from broker.wiring import build_broker
+from groker_common.http import HttpPool
 from groker_common.logs import configure_logging
 from groker_common.metrics import metrics_blueprint
 from groker_common.web import health_blueprint, install_json_errors
@@ -38,39 +47,110 @@ def _lost_the_queue() -> None:
     os._exit(LOST_THE_QUEUE)
 
 
+# What a standby relays to the owner (forward.py): the API but publishing, the dashboard.
+FORWARDED = {
+    "api.get_message",
+    "api.subscribe",
+    "api.list_subscriptions",
+    "api.get_subscription",
+    "api.unsubscribe",
+    "api.stats",
+    "dashboard.page",
+    "dashboard.snapshot",
+}
+
+
+def advertised_url(settings: BrokerSettings) -> str:
+    """Where the other replicas reach this one: GROKER_ADVERTISE_URL, or this host's address
+    and the port gunicorn listens on."""
+    if settings.advertise_url:
+        return settings.advertise_url.rstrip("/")
+    address = socket.gethostbyname(socket.gethostname())
+    return f"http://{address}:{os.environ.get('PORT', '8000')}"
+
+
+class Cluster:
+    """A replica's parts for sharing one queue with others over Valkey: the ownership lease,
+    the inbox's two ends (acceptor.py for a standby, intake.py for the owner) and the
+    forwarder of a standby's other requests."""
+
+    def __init__(self, settings: BrokerSettings) -> None:
+        target = ValkeyTarget.from_settings(settings)
+        self.lease = OwnerLease(
+            target,
+            settings.valkey_prefix,
+            settings.lease_seconds,
+            name=REPLICA,
+            url=advertised_url(settings),
+        )
+        self.inbox = Inbox(target, settings.valkey_prefix)
+        self.acceptor = Acceptor(settings, self.inbox, CallbackGuard(settings.allowed_networks))
+        self.announcer = Announcer(self.inbox)
+        self.forwarder = Forwarder(self.lease, HttpPool(), settings.sync_timeout + 5)
+        self.intake: Intake | None = None
+
+    def own(self, broker: Broker) -> None:
+        """This replica owns the queue now: take in what the standbys accept."""
+        self.intake = Intake(broker, self.inbox, cast(ValkeyStore, broker.store))
+        self.intake.start()
+
+    def stop(self) -> None:
+        if self.intake is not None:
+            self.intake.stop()
+        self.announcer.stop()
+
+
 def create_app(settings: BrokerSettings | None = None) -> Flask:
     settings = settings or BrokerSettings()
     configure_logging("broker", settings.log_level)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     metrics = BrokerMetrics()
-    lease = (
-        OwnerLease(
-            ValkeyTarget.from_settings(settings), settings.valkey_prefix, settings.lease_seconds
-        )
-        if settings.store in SHARED_STORES
-        else None
-    )
+    shared = settings.store in SHARED_STORES
+    cluster = Cluster(settings) if shared else None
 
     def activate(broker: Broker) -> None:
         app.extensions["groker"] = broker
+        if cluster is not None:
+            cluster.own(broker)
 
     replica = Replica(
-        lambda token: build_broker(settings, metrics=metrics, owner_token=token),
-        lease,
+        lambda token: build_broker(
+            settings,
+            metrics=metrics,
+            owner_token=token,
+            announce=None if cluster is None else cluster.announcer,
+        ),
+        None if cluster is None else cluster.lease,
         on_active=activate,
         on_lost=_lost_the_queue,
+        acceptor=None if cluster is None else cluster.acceptor,
     )
     app.extensions["groker_replica"] = replica
     install_json_errors(app)
     install_access_control(app, settings)
+    if cluster is not None:
+
+        @app.before_request
+        def _to_the_owner() -> Response | None:
+            # A standby takes publishes itself (through the inbox); the rest is the owner's.
+            if replica.owning or request.endpoint not in FORWARDED:
+                return None
+            return cluster.forwarder.forward(request)
+
     app.register_blueprint(health_blueprint(lambda: replica.ready))
     app.register_blueprint(api)
     app.register_blueprint(dashboard)
     app.register_blueprint(spec)
     app.register_blueprint(metrics_blueprint(metrics.registry))
     app.extensions["groker_on_stop"] = replica.drain
-    app.extensions["groker_on_exit"] = replica.stop
+
+    def stop() -> None:
+        if cluster is not None:
+            cluster.stop()
+        replica.stop()
+
+    app.extensions["groker_on_exit"] = stop
 
     @app.after_request
     def _name_the_replica(response: Response) -> Response:

@@ -6,6 +6,7 @@ nothing behind it. It is built, with all its parts, by `wiring.build_broker`."""
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 import uuid
@@ -19,6 +20,7 @@ from broker.challenge import challenge_callback
 from broker.dispatcher import Dispatcher
 from broker.errors import Draining, KeyInUse, KeyReused, QueueFull
 from broker.guard import CallbackGuard
+from broker.inbox import Entry
 from broker.metrics import BrokerMetrics
 from broker.model import (
     CloudEventsMode,
@@ -43,7 +45,9 @@ from groker_common.http import HttpPool
 log = logging.getLogger(__name__)
 
 PRUNE_INTERVAL = 10.0
-REPLICA = socket.gethostname()
+# This replica's name: its host's (a container's or pod's), or GROKER_REPLICA_NAME where
+# replicas share a host (the tests' brokers).
+REPLICA = os.environ.get("GROKER_REPLICA_NAME") or socket.gethostname()
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,29 @@ class Broker:
         if callback is not None:
             self.guard.check(callback)
         encoded: list[Item] = [(encode_body(body), headers or None) for body, headers in items]
+        return self._admit(encoded, mode, callback, key, batch, attributes)
+
+    def accept_entry(self, entry: Entry) -> tuple[list[Message], bool]:
+        """Accept a publish another replica took into the cluster's inbox (intake.py), with
+        the ids and the time of acceptance it gave it; it checked the callback."""
+        if self.draining:
+            raise Draining()
+        return self._admit(
+            entry.items, entry.mode, entry.callback, entry.key, entry.batch, entry.attributes,
+            ids=entry.ids, accepted_at=entry.accepted_at,
+        )  # fmt: skip
+
+    def _admit(
+        self,
+        encoded: list[Item],
+        mode: Mode,
+        callback: str | None,
+        key: str | None,
+        batch: bool,
+        attributes: list[dict[str, Any]] | None,
+        ids: list[str] | None = None,
+        accepted_at: float | None = None,
+    ) -> tuple[list[Message], bool]:
         bound = None
         if key is not None:
             bound = fingerprint(encoded, mode, callback, batch, attributes)
@@ -197,7 +224,7 @@ class Broker:
         last_seq = self.store.last_seq()
         messages = [
             Message(
-                id=str(uuid.uuid4()),
+                id=str(uuid.uuid4()) if ids is None else ids[i],
                 seq=last_seq + 1 + i,
                 body_json=body_json,
                 mode=mode,
@@ -212,6 +239,9 @@ class Broker:
             )
             for i, (body_json, headers) in enumerate(encoded)
         ]
+        if accepted_at is not None:
+            for message in messages:
+                message.accepted_at = accepted_at
         if (
             self.store.unpublished() + len(messages) > self.settings.max_queue_length
             or self.store.unpublished_bytes() + sum(m.size for m in messages)

@@ -10,6 +10,8 @@ ones a request can meet into answers; lanes.py catches the delivery ones.
     ├── RefusedDestination       a callback points where the broker will not call (403)
     ├── ChallengeFailed          a new callback did not echo the subscription challenge (422)
     ├── KeyReused                an idempotency key sent again with another request (422)
+    ├── NotSequenced             a publish in the cluster's inbox that no owner took in time
+    │                            (504; it is published once one does)
     ├── KeyInUse                 an idempotency key whose first request is still being
     │                            written (409 + Retry-After)
     └── DeliveryFailed           one delivery to one subscriber (never reaches a client)
@@ -69,6 +71,15 @@ class KeyInUse(BrokerError):
     again in a moment gets its answer."""
 
     retry_after = 1
+
+
+class NotSequenced(BrokerError):
+    """A publish a standby put in the cluster's inbox (inbox.py) that no replica owning the
+    queue took within the sync timeout: it is durable there, and gets its seq once one does."""
+
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(f"not sequenced yet: {', '.join(ids)}")
+        self.ids = ids
 
 
 class DeliveryFailed(BrokerError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from broker.metrics import BrokerMetrics
 from broker.model import Counters, Message
@@ -17,10 +18,19 @@ log = logging.getLogger(__name__)
 class Publication:
     """Where lanes report; one per broker."""
 
-    def __init__(self, store: MessageStore, counters: Counters, metrics: BrokerMetrics) -> None:
+    def __init__(
+        self,
+        store: MessageStore,
+        counters: Counters,
+        metrics: BrokerMetrics,
+        announce: Callable[[Message], None] | None = None,
+    ) -> None:
         self._store = store
         self._counters = counters
         self._metrics = metrics
+        # In a cluster: tells the other replicas (intake.Announcer), where sync publishers
+        # may wait on the message too.
+        self._announce = announce
 
     def record(self, message: Message, subscriber_id: str, delivered: bool) -> None:
         """One subscriber's outcome for one message (idempotent per subscriber)."""
@@ -45,3 +55,5 @@ class Publication:
         )
         if message.reply is not None:
             message.reply.on_published(message)
+        if self._announce is not None:
+            self._announce(message)

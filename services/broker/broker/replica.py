@@ -1,12 +1,15 @@
 """This broker process as one replica: the broker itself when it runs alone (the SQLite and
 memory stores), or, when replicas share one Valkey, the owner of the queue or a standby.
 
-Only the owner of the ownership lease (storage/lease.py) runs a broker; a standby answers
-/healthz but not /readyz, and its API answers 503 until it takes over. A replica that loses
-the lease stops at once (`on_lost`): its store can no longer write, and its lanes must not
-go on delivering next to the new owner's. So does an owner whose store is no longer sound
-(a write failed and may have been applied): it hands the lease over first, and whichever
-replica takes it, this one restarted included, starts from what Valkey holds."""
+Only the owner of the ownership lease (storage/lease.py) runs a broker. A standby takes
+publishes all the same, through the cluster's inbox (its `acceptor`, see inbox.py), relays
+every other request to the owner (forward.py), and takes over when the owner goes.
+
+A replica that loses the lease stops at once (`on_lost`): its store can no longer write,
+and its lanes must not go on delivering next to the new owner's. So does an owner whose
+store is no longer sound (a write failed and may have been applied): it hands the lease
+over first, and whichever replica takes it, this one restarted included, starts from what
+Valkey holds."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from collections.abc import Callable
 import gevent
 import valkey
 
+from broker.acceptor import Acceptor
 from broker.core import REPLICA, Broker
 from broker.storage.lease import OwnerLease
 
@@ -33,6 +37,7 @@ class Replica:
         lease: OwnerLease | None,
         on_active: Callable[[Broker], None],
         on_lost: Callable[[], None],
+        acceptor: Acceptor | None = None,
     ) -> None:
         self._build = build  # a broker, fenced by the lease's token if there is one
         self._lease = lease
@@ -41,6 +46,7 @@ class Replica:
         self._owning: gevent.Greenlet | None = None
         self._stopping = False
         self.broker: Broker | None = None
+        self.acceptor = acceptor
 
     def start(self) -> None:
         """Alone: start the broker now. Over a shared store: wait for the lease meanwhile."""
@@ -83,8 +89,12 @@ class Replica:
 
     @property
     def ready(self) -> bool:
+        """Ready to take publishes: the owner once its broker runs; a standby that has an
+        acceptor at once (publishes wait in the inbox until a replica owns the queue)."""
         broker = self.broker
-        return self.owning and broker is not None and broker.ready and not broker.draining
+        if self.owning and broker is not None:
+            return broker.ready and not broker.draining
+        return self.acceptor is not None and not self.acceptor.draining
 
     @property
     def role(self) -> str:
@@ -104,6 +114,8 @@ class Replica:
 
     def drain(self) -> None:
         self._stopping = True
+        if self.acceptor is not None:
+            self.acceptor.drain()
         if self.broker is not None:
             self.broker.drain()
 
@@ -116,3 +128,5 @@ class Replica:
             self.broker.stop()
         if self._lease is not None:
             self._lease.release()
+        if self.acceptor is not None:
+            self.acceptor.close()

@@ -3,7 +3,7 @@ route declared once with its scope and answers (operations.route)."""
 
 from __future__ import annotations
 
-from typing import TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from flask import Blueprint, current_app, request
 from flask.blueprints import BlueprintSetupState
@@ -28,6 +28,7 @@ from broker.errors import (
     Draining,
     KeyInUse,
     KeyReused,
+    NotSequenced,
     QueueFull,
     RefusedDestination,
     Standby,
@@ -49,6 +50,7 @@ from broker.schemas import (
     Subscription,
     SubscriptionList,
 )
+from broker.settings import BrokerSettings
 from groker_common.web import error
 
 api = Blueprint("api", __name__)
@@ -77,6 +79,44 @@ def current_broker() -> Broker:
     if broker is None or (replica is not None and not replica.owning):
         raise Standby()
     return cast(Broker, broker)
+
+
+class Publisher(Protocol):
+    """What the publish routes call: the broker, or, on a standby of a cluster, its
+    acceptor (acceptor.py), which hands the publish to the owner through the inbox."""
+
+    settings: BrokerSettings
+
+    def publish_once(
+        self,
+        key: str | None,
+        body: Any,
+        mode: Mode = "async",
+        headers: dict[str, str] | None = None,
+        callback: str | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> tuple[Message, bool]: ...
+
+    def publish_batch(
+        self,
+        items: list[tuple[Any, dict[str, str] | None]],
+        mode: Mode = "async",
+        callback: str | None = None,
+        key: str | None = None,
+        attributes: list[dict[str, Any]] | None = None,
+    ) -> tuple[list[Message], bool]: ...
+
+    def wait_published(self, message: Message, timeout: float | None = None) -> WaitResult: ...
+
+    def wait_all_published(self, messages: list[Message]) -> WaitResult: ...
+
+
+def current_publisher() -> Publisher:
+    """Who takes a publish on this replica: its broker, or a standby's acceptor."""
+    replica = current_app.extensions.get("groker_replica")
+    if replica is not None and replica.acceptor is not None and not replica.owning:
+        return cast(Publisher, replica.acceptor)
+    return current_broker()
 
 
 def _parse(model: type[Model]) -> Model:
@@ -109,6 +149,20 @@ def _standby(_exc: Standby):
         "standby",
         "another broker replica owns the queue; this one takes over if it stops",
         Retry_After=str(Standby.retry_after),
+    )
+
+
+@api.errorhandler(NotSequenced)
+def _not_sequenced(exc: NotSequenced):
+    return error(
+        504,
+        "not sequenced yet",
+        {
+            "ids": exc.ids,
+            "message": "accepted into the cluster's inbox, where it is durable, but no replica"
+            " owns the queue to give it its seq yet: it is published once one does (ask again"
+            " with the same Idempotency-Key for its seq, or GET /messages/<id>)",
+        },
     )
 
 
@@ -174,7 +228,7 @@ def _invalid(exc: ValidationError):
     errors=(400, 403, 409, 413, 415, 422, 503),
 )
 def publish():
-    broker = current_broker()
+    broker = current_publisher()
     headers = _publish_headers()
     key = _scoped_key(headers)
     if is_event(request.content_type, request.headers.keys()):
@@ -184,7 +238,7 @@ def publish():
     return _published(broker, message, req.mode, replayed)
 
 
-def _publish_event(broker: Broker, headers: PublishHeaders, key: str | None):
+def _publish_event(broker: Publisher, headers: PublishHeaders, key: str | None):
     """POST /messages with a CloudEvent (structured, or binary: ce- headers): its data is
     the body, its other attributes are kept with the message."""
     options = _event_options(headers)
@@ -205,7 +259,7 @@ def _event_options(headers: PublishHeaders) -> PublishOptions:
     return PublishOptions.model_validate({k: v for k, v in sent.items() if v is not None})
 
 
-def _published(broker: Broker, message: Message, mode: Mode, replayed: bool):
+def _published(broker: Publisher, message: Message, mode: Mode, replayed: bool):
     """The answer to a publish of one message: at once (async), or once published (sync)."""
     # A plain f-string: url_for costs a few percent of this, the hottest route.
     headers = {"Location": f"/messages/{message.id}"}
@@ -238,7 +292,7 @@ def _published(broker: Broker, message: Message, mode: Mode, replayed: bool):
     operation_id="publish_batch",
 )
 def publish_batch():
-    broker = current_broker()
+    broker = current_publisher()
     headers = _publish_headers()
     key = _scoped_key(headers)
     if is_batch(request.content_type):
@@ -253,7 +307,7 @@ def publish_batch():
     return _published_batch(broker, messages, req.mode, replayed)
 
 
-def _publish_event_batch(broker: Broker, headers: PublishHeaders, key: str | None):
+def _publish_event_batch(broker: Publisher, headers: PublishHeaders, key: str | None):
     """POST /messages/batch with CloudEvents: each event one message of the batch, with
     its attributes, as a structured event alone to POST /messages."""
     options = _event_options(headers)
@@ -269,7 +323,7 @@ def _publish_event_batch(broker: Broker, headers: PublishHeaders, key: str | Non
     return _published_batch(broker, messages, options.mode, replayed)
 
 
-def _published_batch(broker: Broker, messages: list[Message], mode: Mode, replayed: bool):
+def _published_batch(broker: Publisher, messages: list[Message], mode: Mode, replayed: bool):
     """The answer to a batch publish: at once (async), or once all are published (sync)."""
     headers = {"Idempotent-Replayed": "true"} if replayed else {}
     if mode == "async":

@@ -59,6 +59,12 @@ class BrokerSettings(GrokerSettings):
         " within it when the owner dies",
     )
     db_path: str = Field("groker.db", description="the SQLite file (on a volume in compose)")
+    advertise_url: str | None = Field(
+        None,
+        description="with the valkey store: where the other replicas reach this one (a"
+        " standby relays all but publishes to the owner); by default http://<this host's"
+        " address>:<PORT>",
+    )
     valkey_url: str = Field(
         "redis://valkey:6379/0", description="the Valkey server (with GROKER_STORE=valkey)"
     )

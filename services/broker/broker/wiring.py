@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 from broker.cloudevents import CloudEventsFormat
@@ -12,7 +13,7 @@ from broker.dispatcher import Dispatcher
 from broker.guard import CallbackGuard
 from broker.lanes import Lane
 from broker.metrics import BrokerMetrics
-from broker.model import Counters
+from broker.model import Counters, Message
 from broker.publication import Publication
 from broker.registry import SubscriberRegistry
 from broker.replies import CallbackNotifier
@@ -27,9 +28,11 @@ def build_broker(
     http: HttpPool | None = None,
     metrics: BrokerMetrics | None = None,
     owner_token: str | None = None,
+    announce: Callable[[Message], None] | None = None,
 ) -> Broker:
     """A broker ready to `start()`, over the store the settings name (or `store`); over a
-    shared store, writing only while `owner_token` owns it."""
+    shared store, writing only while `owner_token` owns it, and telling `announce` of every
+    publication (intake.Announcer)."""
     settings = settings or BrokerSettings()
     counters = Counters()
     metrics = metrics or BrokerMetrics()
@@ -57,7 +60,7 @@ def build_broker(
         Lane,
         courier=courier,
         capacity=settings.lane_capacity,
-        publication=Publication(store, counters, metrics),
+        publication=Publication(store, counters, metrics, announce),
     )
     registry = SubscriberRegistry(store, counters, open_lane)
     dispatcher = Dispatcher(store, registry, settings.flow_backlog)

@@ -31,7 +31,10 @@ def owner_and_standby(valkey_server, start_broker, lease_seconds: int) -> tuple[
     starts, which waits as a standby."""
     shared = {"GROKER_STORE": "valkey", "GROKER_VALKEY_URL": valkey_server.url,
               "GROKER_LEASE_SECONDS": str(lease_seconds)}  # fmt: skip
-    return start_broker(**shared), start_broker(standby=True, **shared)
+    return (
+        start_broker(GROKER_REPLICA_NAME="first", **shared),
+        start_broker(standby=True, GROKER_REPLICA_NAME="second", **shared),
+    )
 
 
 def waiting_request(
@@ -43,10 +46,11 @@ def waiting_request(
     return connection
 
 
-def answer_to(connection: http.client.HTTPConnection) -> int | None:
-    """The status of a waiting request's answer; None if the broker went first."""
+def answer_to(connection: http.client.HTTPConnection) -> tuple[int, Any] | None:
+    """A waiting request's answer, status and JSON body; None if the broker went first."""
     try:
-        return connection.getresponse().status
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"null")
     except (OSError, http.client.HTTPException):
         return None
     finally:
@@ -160,10 +164,76 @@ def test_an_owner_whose_write_failed_hands_the_queue_over_and_stops(
         first.stop()
 
 
+def test_a_standby_takes_publishes_through_the_inbox_and_relays_the_rest(
+    valkey_server, make_sink, start_broker
+):
+    """Publishes go to whichever replica is asked, into one seq order; everything else a
+    standby asks the owner: subscriptions, message status, stats."""
+    http = HttpPool()
+    try:
+        owner, standby = owner_and_standby(valkey_server, start_broker, lease_seconds=2)
+        assert http.request_json("GET", f"{standby.url}/readyz")[0] == 200
+        sink = make_sink()
+        status, subscribed = http.request_json(
+            "POST", f"{standby.url}/subscriptions", {"callback": sink.url}
+        )
+        assert status == 201
+        for url in (owner.url, standby.url):
+            listed = http.request_json("GET", f"{url}/subscriptions")[1]["subscriptions"]
+            assert [s["id"] for s in listed] == [subscribed["id"]]
+        answers = [
+            http.exchange_json("POST", f"{url}/messages", {"body": n})
+            for n in range(20)
+            for url in [(owner.url, standby.url)[n % 2]]
+        ]
+        assert [status for status, _, _ in answers] == [202] * 20
+        assert [a["seq"] for _, a, _ in answers] == list(range(1, 21))
+        replicas = {headers["x-groker-replica"] for _, _, headers in answers}
+        assert len(replicas) == 2  # each answered its own
+        # Sync through the standby: answered once the owner has published it.
+        status, synced = http.request_json(
+            "POST", f"{standby.url}/messages", {"body": "sync", "mode": "sync"}
+        )
+        assert (status, synced["status"], synced["delivered"]) == (200, "published", 1)
+        status, batch = http.request_json(
+            "POST", f"{standby.url}/messages/batch",
+            {"mode": "sync", "messages": [{"body": "b1"}, {"body": "b2"}]},
+        )  # fmt: skip
+        assert status == 200
+        assert [(m["seq"], m["status"]) for m in batch["messages"]] == [
+            (22, "published"), (23, "published"),
+        ]  # fmt: skip
+        # One key, whichever replica is asked: one message.
+        keyed = {"Idempotency-Key": "k-1"}
+        first = http.exchange_json("POST", f"{owner.url}/messages", {"body": "k"},
+                                   extra_headers=keyed)  # fmt: skip
+        again = http.exchange_json("POST", f"{standby.url}/messages", {"body": "k"},
+                                   extra_headers=keyed)  # fmt: skip
+        assert again[1]["id"] == first[1]["id"] and again[1]["seq"] == first[1]["seq"] == 24
+        assert again[2]["idempotent-replayed"] == "true"
+        reused = http.exchange_json("POST", f"{standby.url}/messages", {"body": "other"},
+                                    extra_headers=keyed)  # fmt: skip
+        assert (reused[0], reused[1]["error"]) == (422, "idempotency key reused")
+        wait_until(lambda: len(sink.received) == 24, what="every message delivered")
+        assert [m["seq"] for m in sink.received] == list(range(1, 25))
+        status, found = http.request_json("GET", f"{standby.url}/messages/{answers[1][1]['id']}")
+        assert (status, found["seq"], found["status"]) == (200, 2, "published")
+        stats = http.request_json("GET", f"{standby.url}/stats")[1]
+        assert (stats["last_seq"], stats["subscribers"]) == (24, 1)
+        assert stats["replica"] != answers[1][2]["x-groker-replica"]  # the owner's figures
+        status, _ = http.request_json("DELETE", f"{standby.url}/subscriptions/{subscribed['id']}")
+        assert status == 204
+        assert http.request_json("GET", f"{owner.url}/subscriptions")[1]["subscriptions"] == []
+    finally:
+        http.close()
+
+
 def test_a_killed_owner_is_replaced_within_its_lease_and_nothing_accepted_is_lost(
     valkey_server, make_sink, start_broker
 ):
-    http = HttpPool()
+    """Publishes to the standby while no replica owns the queue wait in the inbox, and are
+    answered once the standby has taken over."""
+    http = HttpPool(concurrency=16)
     try:
         owner, standby = owner_and_standby(valkey_server, start_broker, lease_seconds=2)
         sink = make_sink()
@@ -171,28 +241,22 @@ def test_a_killed_owner_is_replaced_within_its_lease_and_nothing_accepted_is_los
         accepted = [http.request_json("POST", f"{owner.url}/messages", {"body": n})[1]
                     for n in range(20)]  # fmt: skip
         wait_until(lambda: len(sink.received) == 20, what="the first 20 delivered")
-        status, answer, headers = http.exchange_json(
-            "POST", f"{standby.url}/messages", {"body": "refused"}
-        )
-        assert (status, answer["error"]) == (503, "standby")
-        assert headers["retry-after"] == "1" and headers["x-groker-replica"]
-        assert http.request_json("GET", f"{standby.url}/readyz")[0] == 503
 
         owner.process.send_signal(signal.SIGKILL)
         began = time.monotonic()
-        wait_until(
-            lambda: http.request_json("GET", f"{standby.url}/readyz")[0] == 200,
-            timeout=10,
-            what="the standby to take over",
-        )
+        during = [
+            gevent.spawn(http.request_json, "POST", f"{standby.url}/messages", {"body": n}, 15)
+            for n in range(20, 25)
+        ]
+        gevent.joinall(during, timeout=15, raise_error=True)
         took = time.monotonic() - began
         assert took < 2 + 2  # the lease, and the standby's polling, at most
-        after = [http.request_json("POST", f"{standby.url}/messages", {"body": n})[1]
-                 for n in range(20, 25)]  # fmt: skip
-        assert [a["seq"] for a in after] == list(range(21, 26))
+        after = [g.value for g in during]
+        assert [status for status, _ in after] == [202] * 5
+        assert sorted(a["seq"] for _, a in after) == list(range(21, 26))
         wait_until(lambda: len({m["id"] for m in sink.received}) == 25, what="all 25 delivered")
         seqs = [m["seq"] for m in sink.received]
-        assert sorted(set(seqs)) == [a["seq"] for a in accepted + after]
+        assert sorted(set(seqs)) == [a["seq"] for a in accepted] + list(range(21, 26))
         assert seqs == sorted(seqs)  # in order, a repeat at most where the owner died
         stats = http.request_json("GET", f"{standby.url}/stats")[1]
         assert (stats["store"], stats["subscribers"]) == ("valkey", 1)
@@ -232,9 +296,13 @@ def test_an_owner_paused_past_its_lease_stops_and_comes_back_as_a_standby(
             ]
         finally:
             os.kill(paused, signal.SIGCONT)
-        # Answered 503 on waking, or cut off by its exit (None): never as the owner.
-        answers = [answer_to(connection) for connection in asked]
-        assert set(answers) <= {503, None}, answers
+        # Answered as a standby on waking (the new owner's figures, the new owner's seq),
+        # or cut off by its exit (None): never from its own memory of the queue.
+        readyz, stats, late = [answer_to(connection) for connection in asked]
+        assert readyz is None or readyz[0] in (200, 503), readyz
+        # (Its own memory says 0; the new owner's 1, or 2 if the late publish came first.)
+        assert stats is None or (stats[0], stats[1]["last_seq"]) in ((200, 1), (200, 2)), stats
+        assert late is None or (late[0], late[1]["seq"]) == (202, 2), late
 
         def replaced() -> bool:
             try:
@@ -248,9 +316,11 @@ def test_an_owner_paused_past_its_lease_stops_and_comes_back_as_a_standby(
             timeout=10,
             what="its new worker to answer",
         )
-        assert http.request_json("GET", f"{first.url}/readyz")[0] == 503  # a standby now
-        assert http.request_json("GET", f"{second.url}/readyz")[0] == 200
-        status, answer = http.request_json("POST", f"{second.url}/messages", {"body": 2})
-        assert (status, answer["seq"]) == (202, 2)
+        assert http.request_json("GET", f"{first.url}/readyz")[0] == 200  # a standby now
+        roster = http.request_json("GET", f"{first.url}/dashboard/snapshot")[1]["replicas"]
+        assert sorted(r["role"] for r in roster) == ["owner", "standby"]
+        status, answer = http.request_json("POST", f"{first.url}/messages", {"body": 2})
+        last = 1 if late is None else 2  # the late publish, if it was answered, was taken
+        assert (status, answer["seq"]) == (202, last + 1)
     finally:
         http.close()

@@ -45,9 +45,15 @@ return 0
 
 class OwnerLease:
     def __init__(
-        self, target: ValkeyTarget | str, prefix: str, seconds: float, name: str | None = None
+        self,
+        target: ValkeyTarget | str,
+        prefix: str,
+        seconds: float,
+        name: str | None = None,
+        url: str | None = None,
     ) -> None:
         self.name = name or socket.gethostname()
+        self.url = url  # where the other replicas reach this one (forward.py)
         self.token = f"{self.name}-{uuid.uuid4().hex[:12]}"
         self.seconds = seconds
         self._key = f"{{{prefix}}}:owner"
@@ -100,7 +106,7 @@ class OwnerLease:
 
     def announce(self, role: str) -> None:
         """Say in the roster that this replica is here, as `role`."""
-        entry = json.dumps({"role": role, "seen": time.time()})
+        entry = json.dumps({"role": role, "seen": time.time(), "url": self.url})
         self._client.hset(self._roster, self.name, entry)
 
     def roster(self) -> list[dict[str, object]]:
@@ -117,6 +123,14 @@ class OwnerLease:
         if gone:
             self._client.hdel(self._roster, *gone)
         return found
+
+    def owner_url(self) -> str | None:
+        """Where the replica that owns the queue is reached, if one does and said so lately."""
+        now = time.time()
+        owners = [json.loads(entry) for entry in self._client.hvals(self._roster)]
+        fresh = [o for o in owners if o["role"] == "owner" and now - o["seen"] < self.seconds]
+        # Just after a takeover the dead owner's entry is still fresh: the newest is the one.
+        return max(fresh, key=lambda o: o["seen"]).get("url") if fresh else None
 
     def held(self) -> bool:
         """Still ours as far as this process can tell: renewed within the lease (a process

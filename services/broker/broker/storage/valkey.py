@@ -56,7 +56,9 @@ if TYPE_CHECKING:
     from broker.settings import BrokerSettings
 
 
-KEYS = ("owner", "last_seq", "messages", "outcomes", "queued", "published", "subscriptions")
+KEYS = (
+    "owner", "last_seq", "messages", "outcomes", "queued", "published", "subscriptions", "inbox",
+)  # fmt: skip
 # A write: an opcode and its arguments, as WRITE reads them from ARGV.
 Op = tuple[str | int | float, ...]
 # Refused writes come back as this error, turned into StoreError.
@@ -77,6 +79,8 @@ LOAD_CHUNK = 1000
 #                                `keep`, never the newest one
 #   S id subscription            save a subscription
 #   D id                         delete one
+#   I entry answer_key answer ms take an entry out of the cluster's inbox (inbox.py),
+#                                leaving its answer for `ms`
 # Scripts are not rolled back on error: the owner check comes before any write, and the
 # operations themselves cannot fail on keys of the right types.
 WRITE = """
@@ -125,6 +129,10 @@ while i <= #ARGV do
   elseif op == 'D' then
     redis.call('HDEL', KEYS[7], ARGV[i + 1])
     i = i + 2
+  elseif op == 'I' then
+    redis.call('XDEL', KEYS[8], ARGV[i + 1])
+    redis.call('SET', ARGV[i + 2], ARGV[i + 3], 'PX', ARGV[i + 4])
+    i = i + 5
   else
     return redis.error_reply('unknown operation ' .. op)
   end
@@ -309,6 +317,12 @@ class ValkeyStore(ServedFromIndex):
             "cloudevents_mode": subscriber.cloudevents_mode,
         }
         self._writer.submit(("S", subscriber.id, json.dumps(fields)), wait=True)
+
+    def consume_inbox(self, consumed: list[tuple[str, str, str, int]]) -> None:
+        """Take entries out of the cluster's inbox, each (entry id, answer key, answer, ms)
+        leaving its answer; returns once written (fenced like every write)."""
+        for entry in consumed:
+            self._writer.submit(("I", *entry), wait=entry is consumed[-1])
 
     def delete_subscription(self, subscriber_id: str) -> None:
         self._writer.submit(("D", subscriber_id), wait=False)

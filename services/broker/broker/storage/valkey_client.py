@@ -32,7 +32,7 @@ class ValkeyTarget:
             return f"the primary of {self.service!r} (Sentinels {', '.join(self.sentinels)})"
         return self.url
 
-    def client(self, timeout: float, connect_timeout: float) -> valkey.Valkey:
+    def client(self, timeout: float | None, connect_timeout: float) -> valkey.Valkey:
         options: dict[str, Any] = {
             "decode_responses": True,
             "socket_timeout": timeout,

@@ -1,0 +1,216 @@
+"""Publishing through a standby replica (inbox.py says how the cluster's inbox works).
+
+`Acceptor` stands in for `Broker` on the publish routes of a replica that does not own the
+queue: it checks what the broker checks before a message is made (draining, the callback's
+destination), puts the publish into the inbox, and answers with what the owner made of it.
+A sync publisher then waits here for its messages' publication, which the owner announces."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import gevent
+import gevent.event
+
+from broker import errors
+from broker.errors import Draining, NotSequenced
+from broker.guard import CallbackGuard
+from broker.inbox import Entry, Inbox
+from broker.model import Item, Message, Mode, WaitResult, encode_body
+from broker.settings import BrokerSettings
+
+log = logging.getLogger(__name__)
+
+# Seconds a waiter trusts the events channel before it looks the answer up itself.
+LOOK_AFTER = 1.0
+# The refusals an owner may answer with, by name (errors.py); any other is a store error.
+REFUSALS: dict[str, type[errors.BrokerError]] = {
+    cls.__name__: cls
+    for cls in (
+        errors.QueueFull,
+        errors.Draining,
+        errors.StoreError,
+        errors.KeyReused,
+        errors.KeyInUse,
+        errors.RefusedDestination,
+    )
+}
+
+
+class _Awaited:
+    """Something a request waits to hear of: an entry's answer, or a publication."""
+
+    def __init__(self) -> None:
+        self.heard = gevent.event.Event()
+        self.value: Any = None
+        self.abandoned = False
+
+    def set(self, value: Any) -> None:
+        self.value = value
+        self.heard.set()
+
+
+class Acceptor:
+    def __init__(self, settings: BrokerSettings, inbox: Inbox, guard: CallbackGuard) -> None:
+        self.settings = settings
+        self._inbox = inbox
+        self._guard = guard
+        self._answers: dict[str, _Awaited] = {}  # by the first message id of the entry
+        self._publications: dict[int, list[_Awaited]] = {}  # by seq
+        self.draining = False
+        self._listener = gevent.spawn(inbox.listen, self._heard, self._lost)
+
+    # --- what the publish routes call, as on Broker ------------------------------------
+    def publish_once(
+        self,
+        key: str | None,
+        body: Any,
+        mode: Mode = "async",
+        headers: dict[str, str] | None = None,
+        callback: str | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> tuple[Message, bool]:
+        one = None if attributes is None else [attributes]
+        messages, replayed = self._accept([(body, headers)], mode, callback, key, False, one)
+        return messages[0], replayed
+
+    def publish_batch(
+        self,
+        items: list[tuple[Any, dict[str, str] | None]],
+        mode: Mode = "async",
+        callback: str | None = None,
+        key: str | None = None,
+        attributes: list[dict[str, Any]] | None = None,
+    ) -> tuple[list[Message], bool]:
+        if attributes is not None and len(attributes) != len(items):
+            raise ValueError("one attributes mapping for each item")
+        return self._accept(items, mode, callback, key, True, attributes)
+
+    def wait_all_published(self, messages: list[Message]) -> WaitResult:
+        deadline = time.monotonic() + self.settings.sync_timeout
+        for message in messages:
+            outcome = self.wait_published(message, max(0.0, deadline - time.monotonic()))
+            if outcome != "published":
+                return outcome
+        return "published"
+
+    def wait_published(self, message: Message, timeout: float | None = None) -> WaitResult:
+        """Hold a sync publisher until the owner says its message is published."""
+        if message.status == "published":
+            return "published"
+        if self.draining:
+            return "draining"
+        awaited = _Awaited()
+        self._publications.setdefault(message.seq, []).append(awaited)
+        try:
+            outcome = self._wait(
+                awaited,
+                self.settings.sync_timeout if timeout is None else timeout,
+                lambda: self._inbox.published(message.seq),
+            )
+        finally:
+            waiting = self._publications.get(message.seq, [])
+            if awaited in waiting:
+                waiting.remove(awaited)
+            if not waiting:
+                self._publications.pop(message.seq, None)
+        if outcome is not None:
+            published_at, message.delivered, message.failed = outcome
+            message.published_at, message.status = published_at, "published"
+            return "published"
+        return "draining" if awaited.abandoned else "timeout"
+
+    def drain(self) -> None:
+        """Stopping: refuse new publishes, and answer the sync publishers waiting for a
+        publication now (their messages are accepted: the owner publishes them). Those
+        waiting for the owner's answer wait on: their publishes are in the inbox."""
+        self.draining = True
+        for waiting in list(self._publications.values()):
+            for awaited in waiting:
+                awaited.abandoned = True
+                awaited.heard.set()
+
+    def close(self) -> None:
+        self._listener.kill()
+        self._inbox.close()
+
+    # --- the inbox -----------------------------------------------------------------------
+    def _accept(
+        self,
+        items: list[tuple[Any, dict[str, str] | None]],
+        mode: Mode,
+        callback: str | None,
+        key: str | None,
+        batch: bool,
+        attributes: list[dict[str, Any]] | None,
+    ) -> tuple[list[Message], bool]:
+        if self.draining:
+            raise Draining()
+        if callback is not None:
+            self._guard.check(callback)
+        encoded: list[Item] = [(encode_body(body), headers or None) for body, headers in items]
+        entry = Entry(
+            ids=[str(uuid.uuid4()) for _ in encoded],
+            items=encoded,
+            mode=mode,
+            callback=callback,
+            key=key if key is not None else f"inbox/{uuid.uuid4().hex}",
+            batch=batch,
+            accepted_at=time.time(),
+            attributes=attributes,
+        )
+        first = entry.ids[0]
+        awaited = self._answers[first] = _Awaited()
+        try:
+            self._inbox.put(entry)
+            answer = self._wait(
+                awaited, self.settings.sync_timeout, lambda: self._inbox.answer(first)
+            )
+        finally:
+            del self._answers[first]
+        if answer is None:
+            raise NotSequenced(entry.ids)
+        if "error" in answer:
+            refusal = REFUSALS.get(answer["error"], errors.StoreError)
+            raise refusal(answer.get("detail") or answer["error"])
+        messages = [_message(body, mode) for body in answer["messages"]]
+        return messages, bool(answer["replayed"])
+
+    def _wait(self, awaited: _Awaited, timeout: float, look: Any) -> Any:
+        """What `awaited` hears within `timeout`, or, every LOOK_AFTER without a word,
+        what `look()` finds (an event may be lost); None if neither says anything."""
+        deadline = time.monotonic() + timeout
+        while not awaited.abandoned:
+            left = deadline - time.monotonic()
+            if awaited.heard.wait(max(0.0, min(LOOK_AFTER, left))):
+                return None if awaited.abandoned else awaited.value
+            found = look()
+            if found is not None or left <= LOOK_AFTER:
+                return found
+        return None
+
+    def _heard(self, event: dict[str, Any]) -> None:
+        for first, answer in event.get("answers", {}).items():
+            awaited = self._answers.get(first)
+            if awaited is not None:
+                awaited.set(answer)
+        for seq, published_at, delivered, failed in event.get("published", []):
+            for awaited in self._publications.get(seq, []):
+                awaited.set((published_at, delivered, failed))
+
+    def _lost(self) -> None:
+        log.warning("events may have been missed: waiting publishers look their answers up")
+
+
+def _message(status: dict[str, Any], mode: Mode) -> Message:
+    """A message as the owner's answer describes it: enough for `MessageStatus.of`."""
+    message = Message(id=status["id"], seq=status["seq"], body_json="", mode=mode)
+    if status["status"] == "published":
+        message.status = "published"
+        message.published_at = status.get("published_at")
+        message.delivered = status.get("delivered") or 0
+        message.failed = status.get("failed") or 0
+    return message

@@ -1,0 +1,56 @@
+"""A standby replica's answer to every request but a publish: the owner's.
+
+Publishes are taken by every replica (inbox.py); the rest of the API (subscriptions, message
+status, stats, the dashboard) is the owner's, which holds the subscribers' lanes and the
+queue's figures. A load balancer or a Kubernetes Service sends requests to any ready
+replica, so a standby relays those to the owner, at the address the owner gives in the
+replicas' roster (GROKER_ADVERTISE_URL), and relays the answer back."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Request, Response
+
+from broker.errors import Standby
+from broker.storage.lease import OwnerLease
+from groker_common.http import HttpPool
+
+# The request headers that mean something to the broker; hop-by-hop ones stay here.
+REQUEST_HEADERS = ("authorization", "content-type", "accept", "idempotency-key", "x-request-id")
+# What of the owner's answer goes back: its body's type, and the broker's own headers.
+ANSWER_HEADERS = ("content-type", "location", "retry-after", "idempotent-replayed")
+# Seconds the owner's address is trusted before it is read from the roster again.
+OWNER_TTL = 1.0
+
+
+class Forwarder:
+    def __init__(self, lease: OwnerLease, http: HttpPool, timeout: float) -> None:
+        self._lease = lease
+        self._http = http
+        self._timeout = timeout
+        self._owner: tuple[float, str | None] = (0.0, None)
+
+    def _owner_url(self) -> str | None:
+        read_at, url = self._owner
+        if time.monotonic() - read_at > OWNER_TTL:
+            url = self._lease.owner_url()
+            self._owner = (time.monotonic(), url)
+        return url
+
+    def forward(self, request: Request) -> Response:
+        """The owner's answer to `request`; Standby (503) if no owner can be reached."""
+        url = self._owner_url()
+        if url is None:
+            raise Standby()
+        headers = {k: v for k, v in request.headers.items() if k.lower() in REQUEST_HEADERS}
+        target = url + request.full_path if request.query_string else url + request.path
+        try:
+            status, body, answer = self._http.relay(
+                request.method, target, request.get_data(), headers, self._timeout
+            )
+        except OSError as exc:
+            self._owner = (0.0, None)  # the owner may have changed: read the roster again
+            raise Standby() from exc
+        kept = {k: v for k, v in answer.items() if k in ANSWER_HEADERS}
+        return Response(body, status, kept)
