@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
 import gevent.event
+import gevent.pool
 import valkey
 
 from broker.errors import BrokerError, KeyInUse, KeyReused
@@ -17,31 +18,47 @@ from broker.model import Message
 
 if TYPE_CHECKING:
     from broker.core import Broker
-    from broker.storage.valkey import ValkeyStore
 
 log = logging.getLogger(__name__)
 
 # How long one read of the inbox waits for an entry (the reader stops between reads).
 BLOCK_MS = 1000
+# Entries being accepted at once, at most (each may be held by flow control).
+ACCEPTING = 1000
+
+
+class InboxStore(Protocol):
+    """What the intake needs of the owner's store (storage/valkey.py has it)."""
+
+    sound: bool
+
+    def consume_inbox(self, consumed: list[tuple[str, str, str, int]]) -> None: ...
 
 
 class Intake:
     """Reads the inbox from its start (what a previous owner left is taken first), for as
-    long as its broker runs and does not drain."""
+    long as its broker runs and does not drain. Each entry is accepted in a greenlet of its
+    own, so that flow control holding one holds no other, and their writes share the
+    store's batches; the answerer takes the accepted ones out of the inbox, leaving their
+    answers, in one fenced write, then says their answers."""
 
-    def __init__(self, broker: Broker, inbox: Inbox, store: ValkeyStore) -> None:
+    def __init__(self, broker: Broker, inbox: Inbox, store: InboxStore) -> None:
         self._broker = broker
         self._inbox = inbox
         self._store = store
-        self._reader: gevent.Greenlet | None = None
+        # At most this many entries being accepted: then the reader waits.
+        self._accepting = gevent.pool.Pool(ACCEPTING)
+        self._answered: list[tuple[Entry, dict[str, Any]]] = []
+        self._wakeup = gevent.event.Event()
+        self._greenlets: list[gevent.Greenlet] = []
         self.taken = 0  # entries answered (the tests count them)
 
     def start(self) -> None:
-        self._reader = gevent.spawn(self._read_forever)
+        self._greenlets = [gevent.spawn(self._read_forever), gevent.spawn(self._answer_forever)]
 
     def stop(self) -> None:
-        if self._reader is not None:
-            self._reader.kill()
+        gevent.killall(self._greenlets)
+        self._accepting.kill()
 
     def _read_forever(self) -> None:
         after = "0-0"
@@ -52,43 +69,47 @@ class Intake:
                 log.warning("cannot read the cluster's inbox: %s", exc)
                 gevent.sleep(0.5)
                 continue
+            # Started in inbox order, and none yields before its message has its seq (the
+            # standbys checked the callbacks): their messages keep the inbox's order.
+            for entry in entries:
+                self._accepting.spawn(self._accept, entry)
             if entries:
-                self._take(entries)
                 after = entries[-1].entry_id
 
-    def _take(self, entries: list[Entry]) -> None:
-        """Accept the entries as publishes, side by side so that their writes share the
-        store's batches; then take them out of the inbox, leaving their answers, in one
-        fenced write, and say the answers."""
-        # Started in inbox order, and none of them yields before its message has its seq
-        # (the standbys checked the callbacks): the entries' messages keep the inbox's order.
-        accepting = [gevent.spawn(self._accept, entry) for entry in entries]
-        gevent.joinall(accepting)
-        answers = {entry.ids[0]: g.value for entry, g in zip(entries, accepting, strict=True)}
-        try:
-            self._store.consume_inbox(
-                [(entry.entry_id, self._inbox.answer_key(entry.ids[0]),
-                  json.dumps(answers[entry.ids[0]]), ANSWER_MS) for entry in entries]
-            )  # fmt: skip
-        except BrokerError as exc:
-            # The store writes no more; this replica hands the queue over (replica.py), and
-            # the next owner takes the same entries again: each is then a replay.
-            log.error("could not take %d entries out of the inbox: %s", len(entries), exc)
-            return
-        self.taken += len(entries)
-        try:
-            self._inbox.say({"answers": answers})
-        except valkey.ValkeyError as exc:
-            log.warning("could not say %d answers (they are looked up): %s", len(answers), exc)
-
-    def _accept(self, entry: Entry) -> dict[str, Any]:
+    def _accept(self, entry: Entry) -> None:
         try:
             messages, replayed = self._broker.accept_entry(entry)
+            answer = outcome_of(messages, replayed)
         except (KeyReused, KeyInUse) as exc:
-            return refusal(type(exc).__name__)  # no detail: it would be the scoped key
+            answer = refusal(type(exc).__name__)  # no detail: it would be the scoped key
         except BrokerError as exc:
-            return refusal(type(exc).__name__, str(exc))
-        return outcome_of(messages, replayed)
+            answer = refusal(type(exc).__name__, str(exc))
+        self._answered.append((entry, answer))
+        self._wakeup.set()
+
+    def _answer_forever(self) -> None:
+        while True:
+            self._wakeup.wait()
+            self._wakeup.clear()
+            answered, self._answered = self._answered, []
+            if not answered:
+                continue
+            try:
+                self._store.consume_inbox(
+                    [(entry.entry_id, self._inbox.answer_key(entry.ids[0]), json.dumps(answer),
+                      ANSWER_MS) for entry, answer in answered]
+                )  # fmt: skip
+            except BrokerError as exc:
+                # The store writes no more; this replica hands the queue over (replica.py),
+                # and the next owner takes the same entries again: each is then a replay.
+                log.error("could not take %d entries out of the inbox: %s", len(answered), exc)
+                return
+            self.taken += len(answered)
+            answers = {entry.ids[0]: answer for entry, answer in answered}
+            try:
+                self._inbox.say({"answers": answers})
+            except valkey.ValkeyError as exc:
+                log.warning("could not say %d answers (they are looked up): %s", len(answers), exc)
 
 
 class Announcer:
