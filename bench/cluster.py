@@ -9,9 +9,12 @@ replica, against the same broker on SQLite (the single broker), in the same run:
    delivered once) and per delivery (the fan-out run), and from them the messages/s one
    core of Valkey could take and how many replicas, each with a core of its own, it would
    take to get there if replicas were active-active;
-4. a second replica on the same Valkey, which waits as a standby (replicas are
-   active/standby), alive while accept runs against the owner again: what a standby costs
-   the owner, against the owner alone measured just before and just after.
+4. two replicas on the same Valkey against one (the same owner, the second idle), in the
+   same run: accept with the load tool's connections split over both against all on the
+   owner, and fan-out to 10 subscribers with the messages published half through each; and
+   accept through the second replica alone, which costs the owner only the intake and the
+   deliveries: its CPU per message there against a publish of its own is what replicas on
+   machines of their own would take off the owner.
 
 The two stores' runs alternate (accept and fan-out: three of each in the full run, the
 median kept; latency: a second per store in turn), since the ratio is what counts and
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +38,7 @@ from typing import Any
 import gevent
 import valkey
 
-from bench import accept, fanout, latency
+from bench import accept, fanout, latency, load
 from bench.common import (
     Proc,
     broker,
@@ -46,6 +50,7 @@ from bench.common import (
     sinks,
     spawn,
     subscribe_all,
+    wait_stats,
 )
 from groker_common.http import HttpPool
 from groker_common.testing import worker_pid
@@ -104,19 +109,26 @@ def valkey_server() -> Iterator[ValkeyServer]:
 
 @contextlib.contextmanager
 def store_broker(
-    store: str, server: ValkeyServer, ready: str = "/readyz"
+    store: str, server: ValkeyServer, second: bool = False
 ) -> Iterator[tuple[str, dict[str, int]]]:
     """A broker on `store`; yields its URL and the processes whose CPU a message costs
     (its worker; and valkey-server, with the Valkey store). A Valkey broker starts on an
-    empty Valkey unless `ready` is not /readyz (a second replica: it shares the queue)."""
+    empty Valkey and owns the queue once yielded, unless it is the `second` replica: it
+    shares the first one's queue."""
     env = {}
     pids = {}
+    ready = "/readyz"
     if store == "valkey":
-        env = {"GROKER_VALKEY_URL": server.url}
+        # Replicas on one host need names of their own (the roster is by name).
+        env = {"GROKER_VALKEY_URL": server.url,
+               "GROKER_REPLICA_NAME": "second" if second else "first"}  # fmt: skip
         pids["valkey"] = server.proc.pid
-        if ready == "/readyz":
+        if not second:
             # Nothing left of the broker before: its queue, subscriptions, lease.
             server.client.flushall()
+            # Every replica is ready at once (it takes publishes into the inbox); /stats
+            # answers once one owns the queue, this one here.
+            ready = "/stats"
     with broker(store, ready=ready, **env) as (url, proc):
         yield url, {"broker": worker_pid(proc.pid), **pids}
 
@@ -130,17 +142,6 @@ def meter(pids: Mapping[str, int], server: ValkeyServer) -> Iterator[dict[str, A
     used.update({name: n - before[name] for name, n in server.counts().items()})
 
 
-def standby_answers(url: str) -> dict[str, Any]:
-    """What a second replica answers: it must be a standby, or this is not the case that
-    the benchmark claims to measure."""
-    readyz, _ = http.request_json("GET", f"{url}/readyz", timeout=10)
-    status, data = http.request_json("POST", f"{url}/messages", {"body": {}}, timeout=10)
-    error = data.get("error") if isinstance(data, dict) else None
-    if readyz != 503 or status != 503 or error != "standby":
-        raise RuntimeError(f"second replica not standing by: /readyz {readyz}, publish {data}")
-    return {"readyz": readyz, "publish": status, "error": error}
-
-
 @contextlib.contextmanager
 def side_by_side(server: ValkeyServer) -> Iterator[dict[str, tuple[str, dict[str, int]]]]:
     """A broker per store, both up at once, so that their runs can alternate: whatever
@@ -150,9 +151,7 @@ def side_by_side(server: ValkeyServer) -> Iterator[dict[str, tuple[str, dict[str
 
 
 def accept_points(server: ValkeyServer, callback: str, short: bool) -> dict[str, Any]:
-    """accept per store, alternating, median of the runs; then the Valkey owner with a
-    standby beside it, between runs of the owner alone just before and just after (its
-    baseline: their mean), so that the order of the runs does not decide the comparison."""
+    """accept per store, alternating, median of the runs."""
     seconds, warmup = accept.durations(short)
     runs: dict[str, list[dict[str, Any]]] = {store: [] for store in STORES}
     with side_by_side(server) as brokers:
@@ -163,16 +162,116 @@ def accept_points(server: ValkeyServer, callback: str, short: bool) -> dict[str,
                 runs[store].append(accept.measure(url, seconds, warmup, meter=meter(pids, server)))
         out: dict[str, Any] = {"seconds": seconds}
         out.update({store: fanout.median(got) for store, got in runs.items()})
-        url, pids = brokers["valkey"]
-        with store_broker("valkey", server, ready="/healthz") as (standby_url, standby):
-            before = standby_answers(standby_url)
-            both = {**pids, "standby": standby["broker"]}
-            point = accept.measure(url, seconds, warmup, meter=meter(both, server))
-            # Still a standby at the end: it did not take over, nor fail, meanwhile.
-            out["standby"] = {**point, "answers": [before, standby_answers(standby_url)]}
-        out["standby_before"] = runs["valkey"][-1]
-        out["standby_after"] = accept.measure(url, seconds, warmup, meter=meter(pids, server))
     return out
+
+
+# The ways the replicas' runs send their load: all to the owner, split over both, all to
+# the second replica.
+SPREADS = {"one": ("owner",), "two": ("owner", "second"), "second": ("second",)}
+
+
+def spread_accept(
+    urls: dict[str, str], to: tuple[str, ...], seconds: int, warmup: int, pids: dict[str, int],
+    server: ValkeyServer,
+) -> dict[str, Any]:  # fmt: skip
+    """accept.measure over several replicas at once: the load tool's connections split
+    over `to`, the queue's figures from the owner (they are the cluster's)."""
+    owner = urls["owner"]
+    connections = load.CONNECTIONS // len(to)
+
+    def hammer(duration: int) -> list[dict[str, Any]]:
+        runs = [gevent.spawn(load.hammer, f"{urls[name]}/messages", duration,
+                             connections=connections) for name in to]  # fmt: skip
+        gevent.joinall(runs, raise_error=True)
+        return [g.value for g in runs]
+
+    hammer(warmup)
+    accept.wait_drained(owner, 60)
+    before = http_stats(owner)
+    with meter(pids, server) as used:
+        results = hammer(seconds)
+        after = http_stats(owner)
+        drain_s = accept.wait_drained(owner, 120)
+    duration = max(r["duration_s"] for r in results)
+    accepted = after["accepted"] - before["accepted"]
+    return {
+        "cost": used,
+        "to": list(to),
+        "connections": connections,
+        "rate": accepted / duration,
+        "accepted": accepted,
+        "requests": sum(r["requests"] for r in results),
+        "non_2xx": sum(r["non_2xx"] for r in results),
+        "socket_errors": sum(r["socket_errors"] for r in results),
+        "p50_ms": [r["p50_ms"] for r in results],
+        "p99_ms": [r["p99_ms"] for r in results],
+        "queue_end": after["queue_length"],
+        "drain_s": drain_s,
+    }
+
+
+def spread_fanout(
+    urls: dict[str, str], to: tuple[str, ...], callbacks: list[str], m: int,
+    pids: dict[str, int], server: ValkeyServer,
+) -> dict[str, Any]:  # fmt: skip
+    """fanout.broker_rate with the m messages published in equal parts through `to`."""
+    owner = urls["owner"]
+    before = http_stats(owner)
+    with meter(pids, server) as used:
+        began = time.monotonic()
+        runs = [gevent.spawn(load.publish_n, urls[name], m // len(to),
+                             concurrency=load.CONNECTIONS // len(to)) for name in to]  # fmt: skip
+        gevent.joinall(runs, raise_error=True)
+        sent = (m // len(to)) * len(to)
+        target = before["delivered"] + sent * len(callbacks)
+        reached, after = wait_stats(owner, "delivered", target, timeout=300)
+    return {
+        "cost": used,
+        "to": list(to),
+        "messages": sent,
+        "deliveries": sent * len(callbacks),
+        "seconds": round(reached - began, 3),
+        "rate": sent * len(callbacks) / (reached - began),
+        "failed": after["failed"] - before["failed"],
+    }
+
+
+def replica_points(server: ValkeyServer, callbacks: list[str], short: bool) -> dict[str, Any]:
+    """Two replicas against one (the second one idle): accept, fan-out; alternating, the
+    median of each kept; and accept through the second replica alone, for the owner's CPU
+    per message it did not take itself."""
+    seconds, warmup = accept.durations(short)
+    m = fanout.messages(3 * fanout.deliveries(short), len(callbacks))
+    out: dict[str, Any] = {"seconds": seconds, "subscribers": len(callbacks), "messages": m}
+    accepted: dict[str, list[dict[str, Any]]] = {spread: [] for spread in SPREADS}
+    fanned: dict[str, list[dict[str, Any]]] = {"one": [], "two": []}
+    with (
+        store_broker("valkey", server) as (owner, owner_pids),
+        store_broker("valkey", server, second=True) as (second, second_pids),
+    ):
+        urls = {"owner": owner, "second": second}
+        pids = {**owner_pids, "second": second_pids["broker"]}
+        subscribe_all(owner, callbacks[:1])
+        for _ in range(1 if short else 3):
+            for spread, to in SPREADS.items():
+                accepted[spread].append(spread_accept(urls, to, seconds, warmup, pids, server))
+        subscribe_all(owner, callbacks)
+        for _ in range(1 if short else 3):
+            for spread in fanned:
+                fanned[spread].append(spread_fanout(urls, SPREADS[spread], callbacks, m, pids,
+                                                    server))  # fmt: skip
+        roster = http.request_json("GET", f"{second}/dashboard/snapshot", timeout=10)[1]
+    out["roles"] = sorted((r["name"], r["role"]) for r in roster["replicas"])
+    out["accept"] = {spread: fanout.median(got) for spread, got in accepted.items()}
+    out["fanout"] = {spread: fanout.median(got) for spread, got in fanned.items()}
+    return out
+
+
+def http_stats(url: str) -> dict[str, Any]:
+    status, stats = http.request_json("GET", f"{url}/stats", timeout=10)
+    if status != 200:
+        raise RuntimeError(f"GET {url}/stats -> {status}: {stats}")
+    return stats
 
 
 def fanout_points(server: ValkeyServer, callbacks: list[str], short: bool) -> dict[str, Any]:
@@ -228,9 +327,12 @@ def _per_second(cpu_per_item: float) -> float | None:
     return 1 / cpu_per_item if cpu_per_item > 0 else None
 
 
-def costs(accepted: dict[str, Any], fanned: dict[str, Any]) -> dict[str, Any]:
-    """CPU per message and per delivery on the Valkey store, and the projection: one
-    core of Valkey against replicas of a core each, Valkey's work per message as now."""
+def costs(
+    accepted: dict[str, Any], fanned: dict[str, Any], replicas: dict[str, Any]
+) -> dict[str, Any]:
+    """CPU per message and per delivery on the Valkey store, and the projections: one
+    core of Valkey against replicas of a core each, Valkey's work per message as now; and
+    the owner's core, when the other replicas take every publish."""
     cost, n = accepted["valkey"]["cost"], accepted["valkey"]["accepted"]
     per_message = {name: cost[name] / n for name in ("broker", "valkey")}
     fan = fanned["valkey"]
@@ -240,7 +342,23 @@ def costs(accepted: dict[str, Any], fanned: dict[str, Any]) -> dict[str, Any]:
     replica = _per_second(per_message["broker"])
     delivery_ceiling = _per_second(per_delivery["valkey"])
     delivery_replica = _per_second(per_delivery["broker"])
+    # The owner's CPU per message: every publish its own, against every one through the
+    # second replica (intake and deliveries only); the second's for the ones it took.
+    own, via = replicas["accept"]["one"], replicas["accept"]["second"]
+    owner_own = own["cost"]["broker"] / own["accepted"]
+    owner_via = via["cost"]["broker"] / via["accepted"]
+    second_via = via["cost"]["second"] / via["accepted"]
     return {
+        "owner_cpu_us_per_message": {
+            "own_publish": round(owner_own * 1e6, 1),
+            "through_another_replica": round(owner_via * 1e6, 1),
+            "that_replica": round(second_via * 1e6, 1),
+        },
+        # A core each, on machines of their own: the owner alone, and the owner with
+        # every publish taken by the others (then the owner's core bounds the cluster
+        # until enough replicas share the publishes: `replicas_to_owner_bound`).
+        "owner_bound_msg_s": {"alone": _per_second(owner_own), "fed": _per_second(owner_via)},
+        "replicas_to_owner_bound": owner_via and second_via / owner_via,
         "cpu_us_per_message": {k: round(v * 1e6, 1) for k, v in per_message.items()},
         "sqlite_broker_cpu_us_per_message": round(
             sqlite["cost"]["broker"] / sqlite["accepted"] * 1e6, 1
@@ -271,5 +389,6 @@ def run(short: bool) -> dict[str, Any]:
         out["accept"] = accept_points(server, callbacks[0], short)
         out["fanout"] = fanout_points(server, callbacks, short)
         out["latency"] = latency_points(server, callbacks[: latency.SUBSCRIBERS], short)
-    out["cost"] = costs(out["accept"], out["fanout"])
+        out["replicas"] = replica_points(server, callbacks, short)
+    out["cost"] = costs(out["accept"], out["fanout"], out["replicas"])
     return out

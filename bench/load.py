@@ -44,22 +44,23 @@ def hammer(
     token: str | None = None,
     keyed: bool = False,
     body: bytes | None = None,
+    connections: int = CONNECTIONS,
 ) -> dict[str, Any]:
-    """POST `body` (publish_body() by default) to url for `seconds` from CONNECTIONS
+    """POST `body` (publish_body() by default) to url for `seconds` from `connections`
     keep-alive connections (`keyed`: each with an Idempotency-Key of its own). Returns
     requests, duration_s, rate, non_2xx, socket_errors, p50_ms, p99_ms."""
     prefix = uuid.uuid4().hex if keyed else ""
     body = body or publish_body()
     if WRK:
-        result = _wrk(url, seconds, token, prefix, body)
+        result = _wrk(url, seconds, token, prefix, body, connections)
     else:
-        result = _greenlets(url, seconds, token, prefix, body)
+        result = _greenlets(url, seconds, token, prefix, body, connections)
     result["rate"] = result["requests"] / result["duration_s"]
     return result
 
 
 def _wrk(
-    url: str, seconds: int, token: str | None, key_prefix: str, payload: bytes
+    url: str, seconds: int, token: str | None, key_prefix: str, payload: bytes, connections: int
 ) -> dict[str, Any]:
     assert WRK is not None
     with tempfile.NamedTemporaryFile(suffix=".json") as body:
@@ -67,7 +68,7 @@ def _wrk(
         body.flush()
         env = {**os.environ, "BENCH_BODY_FILE": body.name, "BENCH_TOKEN": token or "",
                "BENCH_KEY_PREFIX": key_prefix}  # fmt: skip
-        argv = [WRK, "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "10s"]
+        argv = [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
         argv += ["-s", str(BENCH / "wrk_post.lua"), url]
         # Polled, not waited on, so that the /stats sampler greenlet runs meanwhile (wrk's
         # few lines of output fit in the pipe).
@@ -88,9 +89,9 @@ def _wrk(
 
 
 def _greenlets(
-    url: str, seconds: int, token: str | None, key_prefix: str, body: bytes
+    url: str, seconds: int, token: str | None, key_prefix: str, body: bytes, connections: int
 ) -> dict[str, Any]:
-    pool = HttpPool(concurrency=CONNECTIONS)
+    pool = HttpPool(concurrency=connections)
     headers = _headers(token)
     latencies: list[float] = []
     counts = {"non_2xx": 0, "socket_errors": 0}
@@ -111,7 +112,7 @@ def _greenlets(
             counts["non_2xx"] += not 200 <= status < 300
 
     began = time.monotonic()
-    gevent.joinall([gevent.spawn(loop) for _ in range(CONNECTIONS)])
+    gevent.joinall([gevent.spawn(loop) for _ in range(connections)])
     duration = time.monotonic() - began
     pool.close()
     latencies.sort()

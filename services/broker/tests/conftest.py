@@ -155,17 +155,18 @@ def running_brokers() -> Iterator[Callable[..., LiveBroker]]:
     http = HttpPool()
 
     def start(standby: bool = False, **env: str) -> LiveBroker:
-        """`standby`: a replica that does not own the queue, so never ready: wait until
-        it answers at all (/healthz)."""
+        """Ready once it serves the API: /stats answers, so some replica owns the queue
+        (itself, unless other replicas share its Valkey). `standby`: a replica that will
+        not own the queue: ready once it takes publishes (/readyz)."""
         process, url = launch_broker(**env)
         broker = LiveBroker(process, url)
         started.append(broker)
-        probe = f"{url}/healthz" if standby else f"{url}/readyz"
+        probes = [f"{url}/readyz"] if standby else [f"{url}/readyz", f"{url}/stats"]
 
         def ready() -> bool:
             assert process.poll() is None, f"the broker exited with {process.returncode}"
             try:
-                return http.request_json("GET", probe, timeout=1)[0] == 200
+                return all(http.request_json("GET", p, timeout=1)[0] == 200 for p in probes)
             except OSError:
                 return False
 
