@@ -11,7 +11,7 @@ from flask import Flask, Response, request
 
 from broker.acceptor import Acceptor
 from broker.access import install_access_control
-from broker.core import REPLICA, Broker
+from broker.core import Broker
 from broker.dashboard import dashboard
 from broker.forward import Forwarder
 from broker.guard import CallbackGuard
@@ -80,7 +80,7 @@ class Cluster:
             target,
             settings.valkey_prefix,
             settings.lease_seconds,
-            name=REPLICA,
+            name=settings.replica_name,
             url=advertised_url(settings),
         )
         self.inbox = Inbox(target, settings.valkey_prefix)
@@ -125,6 +125,7 @@ def create_app(settings: BrokerSettings | None = None) -> Flask:
         on_active=activate,
         on_lost=_lost_the_queue,
         acceptor=None if cluster is None else cluster.acceptor,
+        name=settings.replica_name,
     )
     app.extensions["groker_replica"] = replica
     install_json_errors(app)
@@ -154,7 +155,7 @@ def create_app(settings: BrokerSettings | None = None) -> Flask:
 
     @app.after_request
     def _name_the_replica(response: Response) -> Response:
-        response.headers["X-Groker-Replica"] = REPLICA
+        response.headers["X-Groker-Replica"] = settings.replica_name
         return response
 
     replica.start()

@@ -6,8 +6,6 @@ nothing behind it. It is built, with all its parts, by `wiring.build_broker`."""
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 import uuid
 from collections import Counter
@@ -45,9 +43,6 @@ from groker_common.http import HttpPool
 log = logging.getLogger(__name__)
 
 PRUNE_INTERVAL = 10.0
-# This replica's name: its host's (a container's or pod's), or GROKER_REPLICA_NAME where
-# replicas share a host (the tests' brokers).
-REPLICA = os.environ.get("GROKER_REPLICA_NAME") or socket.gethostname()
 
 
 @dataclass(frozen=True)
@@ -369,7 +364,7 @@ class Broker:
             subscribers=len(lanes),
             lane_backlog={lane.subscriber.id: lane.backlog for lane in lanes},
             store=self.settings.store,
-            replica=REPLICA,
+            replica=self.settings.replica_name,
             draining=self.draining,
             counters=self.counters,
         )

@@ -20,7 +20,7 @@ import gevent
 import valkey
 
 from broker.acceptor import Acceptor
-from broker.core import REPLICA, Broker
+from broker.core import Broker
 from broker.storage.lease import OwnerLease
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,9 @@ class Replica:
         on_active: Callable[[Broker], None],
         on_lost: Callable[[], None],
         acceptor: Acceptor | None = None,
+        name: str = "",
     ) -> None:
+        self.name = name or (lease.name if lease is not None else "")
         self._build = build  # a broker, fenced by the lease's token if there is one
         self._lease = lease
         self._on_active = on_active
@@ -110,7 +112,7 @@ class Replica:
                 return self._lease.roster()
             except valkey.ValkeyError as exc:
                 log.warning("cannot read the replicas' roster: %s", exc)
-        return [{"name": REPLICA, "role": self.role, "seen_ago": 0.0}]
+        return [{"name": self.name, "role": self.role, "seen_ago": 0.0}]
 
     def drain(self) -> None:
         self._stopping = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
@@ -59,6 +60,11 @@ class BrokerSettings(GrokerSettings):
         " within it when the owner dies",
     )
     db_path: str = Field("groker.db", description="the SQLite file (on a volume in compose)")
+    replica_name: str = Field(
+        default_factory=socket.gethostname,
+        description="this replica's name (X-Groker-Replica, /stats, the replicas' roster); by"
+        " default the hostname, which replicas on one host do not tell apart",
+    )
     advertise_url: str | None = Field(
         None,
         description="with the valkey store: where the other replicas reach this one (a"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from html.parser import HTMLParser
@@ -15,7 +16,6 @@ from typing import Any
 import gevent
 import pytest
 
-from broker.core import REPLICA
 from groker_common.http import HttpPool
 from groker_common.testing import wait_until
 
@@ -114,7 +114,7 @@ def test_the_snapshot_shows_a_new_subscriber(client, make_sink):
     assert [(m["seq"], m["status"]) for m in shown["recent"]] == [(1, "published")]
     assert sink.received[0]["body"] == "hello"
     # A broker of its own (no shared store): the one replica, alone, holding every lane.
-    assert [(r["name"], r["role"]) for r in shown["replicas"]] == [(REPLICA, "alone")]
+    assert [(r["name"], r["role"]) for r in shown["replicas"]] == [(socket.gethostname(), "alone")]
 
 
 def test_the_event_stream_sends_a_snapshot_at_once(client, make_sink):
