@@ -7,6 +7,7 @@ A sync publisher then waits here for its messages' publication, which the owner 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -14,9 +15,10 @@ from typing import Any
 
 import gevent
 import gevent.event
+import valkey
 
 from broker import errors
-from broker.errors import Draining, NotSequenced
+from broker.errors import Draining, NotSequenced, StoreError
 from broker.guard import CallbackGuard
 from broker.inbox import Entry, Inbox
 from broker.model import Item, Message, Mode, WaitResult, encode_body
@@ -32,7 +34,7 @@ REFUSALS: dict[str, type[errors.BrokerError]] = {
     for cls in (
         errors.QueueFull,
         errors.Draining,
-        errors.StoreError,
+        StoreError,
         errors.KeyReused,
         errors.KeyInUse,
         errors.RefusedDestination,
@@ -109,7 +111,7 @@ class Acceptor:
             outcome = self._wait(
                 awaited,
                 self.settings.sync_timeout if timeout is None else timeout,
-                lambda: self._inbox.published(message.seq),
+                lambda: self._look(message.seq),
             )
         finally:
             waiting = self._publications.get(message.seq, [])
@@ -165,16 +167,19 @@ class Acceptor:
         first = entry.ids[0]
         awaited = self._answers[first] = _Awaited()
         try:
-            self._inbox.put(entry)
-            answer = self._wait(
-                awaited, self.settings.sync_timeout, lambda: self._inbox.answer(first)
-            )
+            try:
+                self._inbox.put(entry)
+            except valkey.ValkeyError as exc:
+                # Not in the inbox (or, if the connection broke after the write, an entry
+                # with a key of its own: its publisher's retry with the key is a replay).
+                raise StoreError(f"cannot reach Valkey: {exc}") from exc
+            answer = self._wait(awaited, self.settings.sync_timeout, lambda: self._look(first))
         finally:
             del self._answers[first]
         if answer is None:
             raise NotSequenced(entry.ids)
         if "error" in answer:
-            refusal = REFUSALS.get(answer["error"], errors.StoreError)
+            refusal = REFUSALS.get(answer["error"], StoreError)
             raise refusal(answer.get("detail") or answer["error"])
         messages = [_message(body, mode) for body in answer["messages"]]
         return messages, bool(answer["replayed"])
@@ -192,7 +197,10 @@ class Acceptor:
                 return found
         return None
 
-    def _heard(self, event: dict[str, Any]) -> None:
+    def _heard(self, text: str) -> None:
+        if not self._answers and not self._publications:
+            return  # nobody waits here (the owner's own acceptor, say): not worth reading
+        event = json.loads(text)
         for first, answer in event.get("answers", {}).items():
             awaited = self._answers.get(first)
             if awaited is not None:
@@ -200,6 +208,17 @@ class Acceptor:
         for seq, published_at, delivered, failed in event.get("published", []):
             for awaited in self._publications.get(seq, []):
                 awaited.set((published_at, delivered, failed))
+
+    def _look(self, what: str | int) -> Any:
+        """Look up what a waiter did not hear of: an entry's answer (by its first message
+        id), or a publication (by seq); None if there is none yet, or Valkey cannot say."""
+        try:
+            if isinstance(what, str):
+                return self._inbox.answer(what)
+            return self._inbox.published(what)
+        except valkey.ValkeyError as exc:
+            log.warning("cannot look up %r: %s", what, exc)
+            return None
 
     def _lost(self) -> None:
         log.warning("events may have been missed: waiting publishers look their answers up")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+import valkey
 from flask import Request, Response
 
 from broker.errors import Standby
@@ -34,7 +35,10 @@ class Forwarder:
     def _owner_url(self) -> str | None:
         read_at, url = self._owner
         if time.monotonic() - read_at > OWNER_TTL:
-            url = self._lease.owner_url()
+            try:
+                url = self._lease.owner_url()
+            except valkey.ValkeyError:
+                url = None  # Valkey unreachable: the owner cannot be known (503, retried)
             self._owner = (time.monotonic(), url)
         return url
 

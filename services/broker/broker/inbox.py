@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
 import valkey
+from gevent.threadpool import ThreadPool
 
 from broker.model import Item, Message, Mode
 from broker.schemas import MessageStatus
@@ -96,7 +97,12 @@ def refusal(error: str, detail: str = "") -> dict[str, Any]:
 
 class Inbox:
     """The inbox's keys and channel, for both ends: a standby's `put`, the owner's `read`,
-    everyone's `listen`."""
+    everyone's `listen`.
+
+    The two calls that wait (a blocking read, pub/sub) each run on a thread of their own,
+    with a connection made and used there only: a greenlet waiting on them then holds up
+    no other, whether or not sockets are monkey-patched (the tests' processes are not).
+    The short calls are made from the calling greenlet."""
 
     def __init__(self, target: ValkeyTarget | str, prefix: str) -> None:
         if isinstance(target, str):
@@ -105,11 +111,13 @@ class Inbox:
         self.channel = f"{{{prefix}}}:events"
         self._answer = f"{{{prefix}}}:answer:"
         self._outcomes = f"{{{prefix}}}:outcomes"
+        # Clients connect lazily: the waiting ones on their threads.
         self._client = target.client(SOCKET_TIMEOUT, 2.0)
-        # A blocking read holds its connection for up to `block_ms`.
         self._reader = target.client(SOCKET_TIMEOUT + 5, 2.0)
-        # Pub/sub waits for events as long as there are none.
-        self._listener = target.client(None, 2.0)
+        self._reading = ThreadPool(1)
+        self._listener = target.client(SOCKET_TIMEOUT, 2.0)
+        self._listening = ThreadPool(1)
+        self._pubsub: Any = None  # the listening thread's subscription
 
     def put(self, entry: Entry) -> str:
         """Add an entry; once this returns it is durable in Valkey. Returns its id."""
@@ -117,7 +125,9 @@ class Inbox:
 
     def read(self, after: str, block_ms: int) -> list[Entry]:
         """Entries after `after` ("0-0": every one), waiting up to `block_ms` for one."""
-        got = self._reader.xread({self.stream: after}, count=READ_COUNT, block=block_ms)
+        got = self._reading.apply(
+            self._reader.xread, ({self.stream: after},), {"count": READ_COUNT, "block": block_ms}
+        )
         return [
             Entry.decode(entry_id, fields["e"])
             for _, entries in got or []
@@ -146,28 +156,41 @@ class Inbox:
         """Tell every replica listening (the owner: answers and publications)."""
         self._client.publish(self.channel, json.dumps(event, separators=(",", ":")))
 
-    def listen(self, heard: Callable[[dict[str, Any]], None], lost: Callable[[], None]) -> None:
-        """Call `heard` with every event said, for good; `lost` each time the subscription
-        broke (events may have been missed), before subscribing again."""
+    def listen(self, heard: Callable[[str], None], lost: Callable[[], None]) -> None:
+        """Call `heard` with every event said (JSON text), for good; `lost` each time the
+        subscription broke (events may have been missed), before subscribing again."""
         while True:
-            pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub.subscribe(self.channel)
-                for event in _messages(pubsub):
-                    heard(json.loads(event))
+                events = self._listening.apply(self._next_events)
             except valkey.ValkeyError as exc:
                 log.warning("lost the cluster's events channel: %s", exc)
-            finally:
-                pubsub.close()
-            lost()
-            gevent.sleep(0.5)
+                lost()
+                gevent.sleep(0.5)
+                continue
+            for event in events:
+                heard(event)
+
+    def _next_events(self) -> list[str]:
+        """On the listening thread: the events said within a second (subscribing first)."""
+        try:
+            if self._pubsub is None:
+                self._pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
+                self._pubsub.subscribe(self.channel)
+            events = []
+            message = self._pubsub.get_message(timeout=1.0)
+            while message is not None:
+                if message["type"] == "message":
+                    events.append(message["data"])
+                message = self._pubsub.get_message(timeout=0)
+            return events
+        except valkey.ValkeyError:
+            if self._pubsub is not None:
+                self._pubsub.close()
+            self._pubsub = None
+            raise
 
     def close(self) -> None:
-        for client in (self._client, self._reader, self._listener):
-            client.close()
-
-
-def _messages(pubsub: Any) -> Iterator[str]:
-    for message in pubsub.listen():
-        if message["type"] == "message":
-            yield message["data"]
+        self._client.close()
+        self._reading.apply(self._reader.close)
+        self._reading.kill()
+        self._listening.kill()

@@ -16,7 +16,11 @@ from urllib.parse import urlsplit
 import gevent
 import pytest
 
-from broker.errors import StoreError
+from broker.acceptor import Acceptor
+from broker.errors import NotSequenced, StoreError
+from broker.guard import CallbackGuard
+from broker.inbox import Inbox
+from broker.intake import Announcer, Intake
 from broker.replica import Replica
 from broker.storage.lease import OwnerLease
 from broker.wiring import build_broker
@@ -324,3 +328,50 @@ def test_an_owner_paused_past_its_lease_stops_and_comes_back_as_a_standby(
         assert (status, answer["seq"]) == (202, last + 1)
     finally:
         http.close()
+
+
+def test_a_publish_taken_while_no_replica_owns_the_queue_waits_in_the_inbox(
+    valkey_server, make_sink
+):
+    """No owner within the sync timeout: 504 not sequenced, the message still in the inbox;
+    an owner that comes later publishes it, and the publisher's retry with its key learns
+    its seq. Valkey unreachable: 503 store unavailable, as the owner answers."""
+    settings = settings_for_tests(
+        store="valkey", valkey_url=valkey_server.url, lease_seconds=2, sync_timeout=1
+    )
+    acceptor = Acceptor(
+        settings, Inbox(valkey_server.url, "groker"), CallbackGuard(settings.allowed_networks)
+    )
+    owner = OwnerLease(valkey_server.url, "groker", seconds=2, name="owner")
+    inbox = Inbox(valkey_server.url, "groker")
+    broker = intake = None
+    try:
+        began = time.monotonic()
+        with pytest.raises(NotSequenced) as refused:
+            acceptor.publish_once("k-1", {"n": 1})
+        assert 1 <= time.monotonic() - began < 3
+        assert owner.try_acquire()
+        broker = build_broker(settings, owner_token=owner.token, announce=Announcer(inbox))
+        broker.start()
+        intake = Intake(broker, inbox, broker.store)
+        intake.start()
+        sink = make_sink()
+        broker.subscribe(sink.url)
+        wait_until(lambda: broker.message(refused.value.ids[0]) is not None, what="the intake")
+        message, replayed = acceptor.publish_once("k-1", {"n": 1})
+        assert (message.id, message.seq, replayed) == (refused.value.ids[0], 1, True)
+        # Published once a subscriber is there: the held message, then a sync one, waited
+        # on through the acceptor.
+        synced, _ = acceptor.publish_once(None, {"n": 2}, mode="sync")
+        assert acceptor.wait_published(synced) == "published"
+        assert [m["seq"] for m in sink.received] == [1, 2]
+        valkey_server.stop()
+        with pytest.raises(StoreError):
+            acceptor.publish_once(None, {"n": 3})
+    finally:
+        valkey_server.start()
+        for part in (intake, broker):
+            if part is not None:
+                part.stop()
+        acceptor.close()
+        inbox.close()
