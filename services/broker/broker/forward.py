@@ -19,6 +19,9 @@ from groker_common.http import HttpPool
 
 # The request headers that mean something to the broker; hop-by-hop ones stay here.
 REQUEST_HEADERS = ("authorization", "content-type", "accept", "idempotency-key", "x-request-id")
+# Set on a relayed request: a replica that gets one but does not own the queue (the roster
+# was out of date) answers 503 rather than relay it again, round and round.
+RELAYED = "X-Groker-Relayed"
 # What of the owner's answer goes back: its body's type, and the broker's own headers.
 ANSWER_HEADERS = ("content-type", "location", "retry-after", "idempotent-replayed")
 # Seconds the owner's address is trusted before it is read from the roster again.
@@ -45,9 +48,10 @@ class Forwarder:
     def forward(self, request: Request) -> Response:
         """The owner's answer to `request`; Standby (503) if no owner can be reached."""
         url = self._owner_url()
-        if url is None:
+        if url is None or RELAYED in request.headers:
             raise Standby()
         headers = {k: v for k, v in request.headers.items() if k.lower() in REQUEST_HEADERS}
+        headers[RELAYED] = "1"
         target = url + request.full_path if request.query_string else url + request.path
         try:
             status, body, answer = self._http.relay(

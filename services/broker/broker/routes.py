@@ -223,7 +223,12 @@ def _invalid(exc: ValidationError):
     replies={
         200: Documented("sync: published", MessageStatus),
         202: Documented("async: queued", MessageStatus),
-        504: Documented("sync: not yet published; still queued", MessageStatus),
+        504: Documented(
+            "sync: not yet published; still queued. (In cluster mode, a replica that could not"
+            " reach an owner of the queue within the sync timeout answers {error, detail: {ids,"
+            " message}} instead: the message waits in the cluster's inbox.)",
+            MessageStatus,
+        ),
     },
     errors=(400, 403, 409, 413, 415, 422, 503),
 )
@@ -286,7 +291,11 @@ def _published(broker: Publisher, message: Message, mode: Mode, replayed: bool):
     replies={
         200: Documented("sync: every message published", BatchStatus),
         202: Documented("async: every message queued", BatchStatus),
-        504: Documented("sync: not all published yet; all still queued", BatchStatus),
+        504: Documented(
+            "sync: not all published yet; all still queued. (In cluster mode, as for POST"
+            " /messages: {error, detail: {ids, message}} while no replica owns the queue.)",
+            BatchStatus,
+        ),
     },
     errors=(400, 403, 409, 413, 415, 422, 503),
     operation_id="publish_batch",

@@ -1,12 +1,14 @@
 """Property tests of the core (hypothesis): for any interleaving of subscribe, unsubscribe,
 publish and subscribers failing or recovering, the broker keeps its promises. Real HTTP to a
-real receiver on loopback; every example gets a fresh broker."""
+real receiver on loopback; every example gets a fresh broker, or, for "valkey-pair", two
+replicas on one Valkey (cluster_pair.py), each publish taken by the one hypothesis picks."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
@@ -14,13 +16,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from broker.acceptor import Acceptor
 from broker.core import Broker
 from broker.errors import KeyInUse, KeyReused
+from broker.settings import BrokerSettings
 from broker.wiring import build_broker
 from groker_common.testing import serve, wait_until
 from groker_common.webhooks import challenge_echo
 
+from .cluster_pair import ClusterPair
 from .conftest import fresh_durable_settings, settings_for_tests
+
+# What takes a publish: a broker, or a standby replica's acceptor (the same methods).
+Publisher = Broker | Acceptor
 
 SUBSCRIBERS = 3
 step = st.one_of(
@@ -65,28 +73,78 @@ class Receiver:
         return [b"{}"]
 
 
-@pytest.mark.parametrize("store", ["memory", "sqlite", "valkey"])
-@given(steps=st.lists(step, max_size=25))
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-def test_any_interleaving_keeps_the_promises(store, request, steps):
-    """The same promises whatever keeps the queue: each example on an empty store."""
-    receiver = Receiver()
-    options = {"delivery_timeout": 0.5, "sync_timeout": 30}
+class Alone:
+    """One broker over its store: it takes every publish; a restart builds the next one."""
+
+    def __init__(self, settings_: BrokerSettings) -> None:
+        self.settings = settings_
+        self.broker = build_broker(settings_)
+        self.broker.start()
+
+    def restart_owner(self) -> None:
+        self.broker.stop()
+        self.broker = build_broker(self.settings)
+        self.broker.start()
+
+    def close(self) -> None:
+        self.broker.stop()
+
+
+# Every store the properties hold over; "valkey-pair": two replicas on one Valkey.
+STORES = ["memory", "sqlite", "valkey", "valkey-pair"]
+
+
+@contextlib.contextmanager
+def deployed(
+    request: pytest.FixtureRequest, store: str, **options: Any
+) -> Iterator[Alone | ClusterPair]:
+    """The replicas of one queue over an empty store of the kind named, running; stopped
+    on the way out."""
     if store == "memory":
         stored = contextlib.nullcontext(settings_for_tests(**options))
     else:
-        stored = fresh_durable_settings(request, store, **options)
+        stored = fresh_durable_settings(request, store.removesuffix("-pair"), **options)
     with stored as settings_:
-        broker = build_broker(settings_)
-        broker.start()
+        replicas = ClusterPair(settings_) if store == "valkey-pair" else Alone(settings_)
         try:
-            run(broker, receiver, steps)
+            yield replicas
         finally:
-            broker.stop()
-            receiver.server.stop(timeout=0)
+            replicas.close()
 
 
-def run(broker: Broker, receiver: Receiver, steps: list[tuple[str, Any]]) -> None:
+def taker(replicas: Alone | ClusterPair, data: st.DataObject) -> Callable[[], Publisher]:
+    """Who takes the next publish: the one broker, or the replica hypothesis picks."""
+    if isinstance(replicas, Alone):
+        return lambda: replicas.broker
+
+    def pick() -> Publisher:
+        standby = data.draw(st.booleans(), label="through the standby")
+        return replicas.standby if standby else replicas.broker
+
+    return pick
+
+
+@pytest.mark.parametrize("store", STORES)
+@given(steps=st.lists(step, max_size=25), data=st.data())
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+def test_any_interleaving_keeps_the_promises(store, request, steps, data):
+    """The same promises whatever keeps the queue, and whichever replica takes a publish:
+    each example on an empty store."""
+    receiver = Receiver()
+    try:
+        with deployed(request, store, delivery_timeout=0.5, sync_timeout=30) as replicas:
+            run(replicas.broker, receiver, steps, taker(replicas, data))
+    finally:
+        receiver.server.stop(timeout=0)
+
+
+def run(
+    broker: Broker,
+    receiver: Receiver,
+    steps: list[tuple[str, Any]],
+    publisher: Callable[[], Publisher],
+) -> None:
+    """Play the steps: subscriptions on `broker` (the owner), each publish on `publisher()`."""
     active: dict[int, str] = {}  # subscriber -> subscription id
     created: dict[str, float] = {}  # callback path -> when that subscription was created
     generation: Counter[int] = Counter()
@@ -102,14 +160,15 @@ def run(broker: Broker, receiver: Receiver, steps: list[tuple[str, Any]]) -> Non
         elif action == "unsubscribe" and arg in active:
             broker.unsubscribe(active.pop(arg))
         elif action == "publish":
+            taking = publisher()
             if arg == "sync":
-                message = broker.publish({"step": len(sync_waiters)}, mode="sync")
-                sync_waiters.append(gevent.spawn(broker.wait_published, message))
+                message, _ = taking.publish_once(None, {"step": len(sync_waiters)}, mode="sync")
+                sync_waiters.append(gevent.spawn(taking.wait_published, message))
             else:
-                message = broker.publish("a", callback=receiver.url + "/notify")
+                message, _ = taking.publish_once(None, "a", callback=receiver.url + "/notify")
                 async_ids.append(message.id)
         elif action == "batch":
-            messages, _ = broker.publish_batch(
+            messages, _ = publisher().publish_batch(
                 [("b", None)] * arg, callback=receiver.url + "/notify"
             )
             async_ids.extend(m.id for m in messages)
@@ -146,22 +205,22 @@ keyed_step = st.one_of(
 )
 
 
-@pytest.mark.parametrize("store", ["sqlite", "valkey"])
-@given(steps=st.lists(keyed_step, max_size=20))
+@pytest.mark.parametrize("store", [s for s in STORES if s != "memory"])
+@given(steps=st.lists(keyed_step, max_size=20), data=st.data())
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 def test_any_interleaving_of_keyed_publishes_retries_and_restarts_makes_one_message_per_key(
-    store, request, steps
+    store, request, steps, data
 ):
     """Publishes with idempotency keys, their retries (concurrent ones too: a retry may
     come while the first is still being written), the same key with another body, and
-    restarts of the broker on its durable store: one message per key, whatever the order."""
+    restarts of the broker on its durable store (of the owner, the standby staying): one
+    message per key, whatever the order and whichever replica a publish went through."""
     receiver = Receiver()
-    with fresh_durable_settings(request, store) as settings_:
-        broker = build_broker(settings_)
-        broker.start()
-        broker.subscribe(receiver.url + "/hook/0/1")
-        try:
-            broker = run_keyed(broker, settings_, steps)
+    try:
+        with deployed(request, store) as replicas:
+            replicas.broker.subscribe(receiver.url + "/hook/0/1")
+            run_keyed(replicas, steps, taker(replicas, data))
+            broker = replicas.broker
             wait_until(lambda: broker.store.unpublished() == 0, what="everything published")
             ids = {m["body"]["key"]: m["id"] for m in receiver.received["/hook/0/1"]}
             per_key = defaultdict(set)
@@ -170,13 +229,16 @@ def test_any_interleaving_of_keyed_publishes_retries_and_restarts_makes_one_mess
             # Delivered at least once (a restart may repeat one), but one message per key.
             assert all(len(got) == 1 for got in per_key.values()), per_key
             assert set(ids) == {k for action, k in steps if action == "publish"}
-        finally:
-            broker.stop()
-            receiver.server.stop(timeout=0)
+    finally:
+        receiver.server.stop(timeout=0)
 
 
-def run_keyed(broker: Broker, settings_: Any, steps: list[tuple[str, int]]) -> Broker:
-    """Play the steps; returns the broker running at the end (restarts replace it)."""
+def run_keyed(
+    replicas: Alone | ClusterPair,
+    steps: list[tuple[str, int]],
+    publisher: Callable[[], Publisher],
+) -> None:
+    """Play the steps, each publish on `publisher()`; a crash restarts the owner."""
     first: dict[int, str] = {}  # key -> the id its first accepted publish got
     retries: list[tuple[int, gevent.Greenlet]] = []
 
@@ -192,24 +254,21 @@ def run_keyed(broker: Broker, settings_: Any, steps: list[tuple[str, int]]) -> B
     for action, k in steps:
         key = f"key-{k}"
         if action == "publish" and k not in first:
-            message, replayed = broker.publish_once(key, {"key": k})
+            message, replayed = publisher().publish_once(key, {"key": k})
             assert not replayed
             first[k] = message.id
         elif action in ("publish", "retry") and k in first:
             # Concurrently: the retry may find its first still being written.
-            retries.append((k, gevent.spawn(broker.publish_once, key, {"key": k})))
+            retries.append((k, gevent.spawn(publisher().publish_once, key, {"key": k})))
         elif action == "conflict" and k in first:
             check_retries()
             with pytest.raises(KeyReused):
-                broker.publish_once(key, {"key": k, "other": True})
+                publisher().publish_once(key, {"key": k, "other": True})
         elif action == "crash":
             check_retries()
-            broker.stop()
-            broker = build_broker(settings_)
-            broker.start()
+            replicas.restart_owner()
         elif action == "pause":
             gevent.sleep(0.01)
     check_retries()
     for k, message_id in first.items():
-        assert broker.publish_once(f"key-{k}", {"key": k})[0].id == message_id
-    return broker
+        assert publisher().publish_once(f"key-{k}", {"key": k})[0].id == message_id

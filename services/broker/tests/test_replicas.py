@@ -225,6 +225,10 @@ def test_a_standby_takes_publishes_through_the_inbox_and_relays_the_rest(
         stats = http.request_json("GET", f"{standby.url}/stats")[1]
         assert (stats["last_seq"], stats["subscribers"]) == (24, 1)
         assert stats["replica"] != answers[1][2]["x-groker-replica"]  # the owner's figures
+        # Relayed once at most: a standby asked by another replica does not relay again.
+        relayed = http.exchange_json("GET", f"{standby.url}/stats",
+                                     extra_headers={"X-Groker-Relayed": "1"})  # fmt: skip
+        assert (relayed[0], relayed[1]["error"]) == (503, "standby")
         status, _ = http.request_json("DELETE", f"{standby.url}/subscriptions/{subscribed['id']}")
         assert status == 204
         assert http.request_json("GET", f"{owner.url}/subscriptions")[1]["subscriptions"] == []
