@@ -12,7 +12,7 @@ from flask import Flask, Response, request
 from broker.acceptor import Acceptor
 from broker.access import install_access_control
 from broker.core import Broker
-from broker.dashboard import dashboard
+from broker.dashboard import EVENT_INTERVAL, SNAPSHOT_PATH, dashboard
 from broker.forward import Forwarder
 from broker.guard import CallbackGuard
 from broker.inbox import Inbox
@@ -135,7 +135,11 @@ def create_app(settings: BrokerSettings | None = None) -> Flask:
         @app.before_request
         def _to_the_owner() -> Response | None:
             # A standby takes publishes itself (through the inbox); the rest is the owner's.
-            if replica.owning or request.endpoint not in FORWARDED:
+            if replica.owning:
+                return None
+            if request.endpoint == "dashboard.events":
+                return cluster.forwarder.events(request, SNAPSHOT_PATH, EVENT_INTERVAL)
+            if request.endpoint not in FORWARDED:
                 return None
             return cluster.forwarder.forward(request)
 

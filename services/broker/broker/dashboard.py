@@ -21,6 +21,7 @@ from broker.routes import current_broker
 
 # Seconds between two events on a stream; the page's rate chart assumes about one a second.
 EVENT_INTERVAL = 1.0
+SNAPSHOT_PATH = "/dashboard/snapshot"
 # How long the browser waits before reconnecting a dropped stream, in milliseconds.
 RECONNECT_MS = 2000
 
@@ -57,7 +58,7 @@ def page() -> Response:
 @route(
     dashboard,
     "GET",
-    "/dashboard/snapshot",
+    SNAPSHOT_PATH,
     operation_id="dashboard_snapshot",
     replies={200: Documented("what the dashboard shows", schema={"type": "object"})},
 )

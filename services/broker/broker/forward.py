@@ -9,7 +9,10 @@ replicas' roster (GROKER_ADVERTISE_URL), and relays the answer back."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from typing import Any
 
+import gevent
 import valkey
 from flask import Request, Response
 
@@ -47,18 +50,53 @@ class Forwarder:
 
     def forward(self, request: Request) -> Response:
         """The owner's answer to `request`; Standby (503) if no owner can be reached."""
-        url = self._owner_url()
-        if url is None or RELAYED in request.headers:
+        if RELAYED in request.headers:
             raise Standby()
-        headers = {k: v for k, v in request.headers.items() if k.lower() in REQUEST_HEADERS}
-        headers[RELAYED] = "1"
-        target = url + request.full_path if request.query_string else url + request.path
+        path = request.full_path if request.query_string else request.path
+        status, body, answer = self._relay(
+            request.method, path, request.get_data(), _kept(request.headers)
+        )
+        kept = {k: v for k, v in answer.items() if k in ANSWER_HEADERS}
+        return Response(body, status, kept)
+
+    def events(self, request: Request, snapshot_path: str, interval: float) -> Response:
+        """A standby's dashboard stream (server-sent events): the owner's snapshot, asked
+        for every `interval` seconds, as long as the page listens."""
+        headers = _kept(request.headers)
+
+        def stream() -> Iterator[str]:
+            yield "retry: 1000\n"
+            while True:
+                try:
+                    status, body, _ = self._relay("GET", snapshot_path, b"", headers)
+                except Standby:
+                    return  # the page reconnects, maybe to the new owner
+                if status != 200:
+                    return
+                yield f"data: {body.decode()}\n\n"
+                gevent.sleep(interval)
+
+        return Response(
+            stream(),
+            mimetype="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    def _relay(
+        self, method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, bytes, dict[str, str]]:
+        url = self._owner_url()
+        if url is None:
+            raise Standby()
         try:
-            status, body, answer = self._http.relay(
-                request.method, target, request.get_data(), headers, self._timeout
-            )
+            return self._http.relay(method, url + path, body, headers, self._timeout)
         except OSError as exc:
             self._owner = (0.0, None)  # the owner may have changed: read the roster again
             raise Standby() from exc
-        kept = {k: v for k, v in answer.items() if k in ANSWER_HEADERS}
-        return Response(body, status, kept)
+
+
+def _kept(headers: Any) -> dict[str, str]:
+    """The request headers to relay, marked as relayed."""
+    kept = {k: v for k, v in headers.items() if k.lower() in REQUEST_HEADERS}
+    kept[RELAYED] = "1"
+    return kept

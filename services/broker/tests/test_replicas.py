@@ -379,3 +379,31 @@ def test_a_publish_taken_while_no_replica_owns_the_queue_waits_in_the_inbox(
                 part.stop()
         acceptor.close()
         inbox.close()
+
+
+def test_a_standby_streams_the_owners_dashboard(valkey_server, start_broker):
+    http = HttpPool()
+    try:
+        owner, standby = owner_and_standby(valkey_server, start_broker, lease_seconds=2)
+        http.request_json("POST", f"{owner.url}/messages", {"body": "held"})
+        connection = http_client_for(standby.url)
+        connection.request("GET", "/dashboard/events")
+        response = connection.getresponse()
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        events = []
+        while len(events) < 2:
+            line = response.fp.readline().decode()
+            if line.startswith("data: "):
+                events.append(json.loads(line.removeprefix("data: ")))
+        connection.close()
+        for event in events:  # the owner's figures, and both replicas in the roster
+            assert (event["stats"]["replica"], event["stats"]["last_seq"]) == ("first", 1)
+            roles = sorted((r["name"], r["role"]) for r in event["replicas"])
+            assert roles == [("first", "owner"), ("second", "standby")]
+    finally:
+        http.close()
+
+
+def http_client_for(url: str) -> http.client.HTTPConnection:
+    return http.client.HTTPConnection(urlsplit(url).netloc, timeout=15)
