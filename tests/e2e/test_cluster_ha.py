@@ -33,7 +33,7 @@ RESUMES_WITHIN = 10.0
 
 @pytest.fixture(scope="module")
 def ha(request: pytest.FixtureRequest) -> Iterator[System]:
-    with deployment(request, "groker-ha", FILES, 8300, "172.27.0") as system:
+    with deployment(request, "groker-ha", FILES, 8300, "172.27.0", brokers=2) as system:
         yield system
 
 

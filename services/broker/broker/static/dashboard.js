@@ -42,9 +42,9 @@ function render(snapshot) {
 
   record(snapshot.time, stats);
   drawRates();
-  // One replica runs the broker at a time (active/standby): the one alone or owning the
-  // queue holds every lane; a standby holds none until it takes over.
-  const holding = (role) => (role === "standby" ? "none" : `all ${stats.subscribers}`);
+  // The replica alone or owning the queue holds every lane; a standby takes publishes but
+  // holds no lane until it takes over (an unresponsive one: killed or frozen).
+  const holding = (role) => (role === "owner" || role === "alone" ? `all ${stats.subscribers}` : "none");
   fill(
     "replicas",
     (snapshot.replicas ?? []).map((r) => [

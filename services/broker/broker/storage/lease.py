@@ -6,9 +6,10 @@ WRITE script), so a replica that lost the lease (paused, cut off) can no longer 
 queue once another one holds it. The others wait as standbys and take over when the key
 expires, at most one lease after the owner died, or at once when it hands over (release).
 
-Every replica also says it is there, and as what, in `{prefix}:replicas` (name -> role and
-when), each time it renews or tries to take the lease: the roster the dashboard shows.
-Names not heard from for ROSTER_LEASES leases are dropped from it."""
+Every replica also says it is there, and as what, in `{prefix}:replicas` (name -> role,
+when, and where the others reach it), each time it renews or tries to take the lease: the
+roster the dashboard shows, and where a standby finds the owner to relay requests to.
+Names not heard from for a lease show as unresponsive, for ROSTER_LEASES leases are dropped."""
 
 from __future__ import annotations
 
@@ -119,7 +120,10 @@ class OwnerLease:
             if ago > ROSTER_LEASES * self.seconds:
                 gone.append(name)
             else:
-                found.append({"name": name, "role": fields["role"], "seen_ago": round(ago, 1)})
+                # Every replica says so each third of a lease: one silent for longer is
+                # killed or frozen (a killed owner would otherwise show as an owner still).
+                role = fields["role"] if ago <= self.seconds else "unresponsive"
+                found.append({"name": name, "role": role, "seen_ago": round(ago, 1)})
         if gone:
             self._client.hdel(self._roster, *gone)
         return found
