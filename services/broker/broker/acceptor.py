@@ -21,7 +21,7 @@ from broker import errors
 from broker.errors import Draining, NotSequenced, StoreError
 from broker.guard import CallbackGuard
 from broker.inbox import Entry, Inbox
-from broker.model import Item, Message, Mode, WaitResult, encode_body
+from broker.model import Item, Message, Mode, WaitResult, encode_body, wait_all
 from broker.settings import BrokerSettings
 
 log = logging.getLogger(__name__)
@@ -92,12 +92,7 @@ class Acceptor:
         return self._accept(items, mode, callback, key, True, attributes)
 
     def wait_all_published(self, messages: list[Message]) -> WaitResult:
-        deadline = time.monotonic() + self.settings.sync_timeout
-        for message in messages:
-            outcome = self.wait_published(message, max(0.0, deadline - time.monotonic()))
-            if outcome != "published":
-                return outcome
-        return "published"
+        return wait_all(self.wait_published, messages, self.settings.sync_timeout)
 
     def wait_published(self, message: Message, timeout: float | None = None) -> WaitResult:
         """Hold a sync publisher until the owner says its message is published."""

@@ -32,6 +32,7 @@ from broker.model import (
     WaitResult,
     encode_body,
     fingerprint,
+    wait_all,
 )
 from broker.registry import SubscriberRegistry
 from broker.replies import CallbackNotifier, CallbackReply, SyncReply
@@ -277,12 +278,7 @@ class Broker:
     def wait_all_published(self, messages: list[Message]) -> WaitResult:
         """Hold a sync publisher of a batch until all of it is published, within one sync
         timeout for the whole batch."""
-        deadline = time.monotonic() + self.settings.sync_timeout
-        for message in messages:
-            outcome = self.wait_published(message, max(0.0, deadline - time.monotonic()))
-            if outcome != "published":
-                return outcome
-        return "published"
+        return wait_all(self.wait_published, messages, self.settings.sync_timeout)
 
     def wait_published(self, message: Message, timeout: float | None = None) -> WaitResult:
         """Hold a sync publisher until its message is published (or we stop, or time out)."""
