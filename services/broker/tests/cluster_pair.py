@@ -3,20 +3,16 @@ its lease, its announcer and its intake (wired as app.Cluster wires them), and a
 takes publishes through the cluster's inbox (acceptor.py). Each has its own Inbox, so its own
 Valkey connections, as two processes would.
 
-The tests' process is not monkey-patched, and an inbox waits on Valkey (the owner's blocking
-read, everyone's events channel): over plain sockets that wait would hold every greenlet of
-the process. So the inboxes and the lease talk to Valkey over gevent's sockets, as they do in
-a (patched) gunicorn worker. The store needs none: it talks to Valkey on its writer thread."""
+Closing an inbox waits for its waiting threads to finish their wait (the owner's blocking
+read, the standby's pub/sub: up to a second each), which nothing else needs to wait for:
+the pair leaves those closes to greenlets of their own, in `closing`, for its user to join
+when it likes (a test, once at its end rather than once per example)."""
 
 from __future__ import annotations
 
-import socket
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import gevent
-import gevent.socket
-import valkey
 
 from broker.acceptor import Acceptor
 from broker.core import Broker
@@ -26,32 +22,7 @@ from broker.intake import Announcer, Intake
 from broker.settings import BrokerSettings
 from broker.storage.lease import OwnerLease
 from broker.storage.valkey import ValkeyStore
-from broker.storage.valkey_client import ValkeyTarget
 from broker.wiring import build_broker
-
-
-class CooperativeConnection(valkey.Connection):
-    """A Valkey connection over a gevent socket: while it waits, the other greenlets run."""
-
-    def _connect(self) -> Any:
-        sock = gevent.socket.create_connection((self.host, self.port), self.socket_connect_timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(self.socket_timeout)
-        return sock
-
-
-@dataclass(frozen=True)
-class CooperativeTarget(ValkeyTarget):
-    """The one Valkey server at `url`, reached over cooperative connections."""
-
-    def client(self, timeout: float | None, connect_timeout: float) -> valkey.Valkey:
-        return valkey.Valkey.from_url(
-            self.url,
-            decode_responses=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=connect_timeout,
-            connection_class=CooperativeConnection,
-        )
 
 
 class Owner:
@@ -59,36 +30,38 @@ class Owner:
     while it runs, and reads what the standby puts into the inbox."""
 
     def __init__(self, settings: BrokerSettings) -> None:
-        target = CooperativeTarget(settings.valkey_url)
-        self.lease = OwnerLease(target, settings.valkey_prefix, settings.lease_seconds, "owner")
+        url, prefix = settings.valkey_url, settings.valkey_prefix
+        self.lease = OwnerLease(url, prefix, settings.lease_seconds, name="owner")
         assert self.lease.try_acquire(), "another replica owns the queue"
         self._keeping = gevent.spawn(self.lease.keep)
-        self._inbox = Inbox(target, settings.valkey_prefix)
+        self._inbox = Inbox(url, prefix)
         self._announcer = Announcer(self._inbox)
         self.broker = build_broker(settings, owner_token=self.lease.token, announce=self._announcer)
         self.broker.start()
         self._intake = Intake(self.broker, self._inbox, cast(ValkeyStore, self.broker.store))
         self._intake.start()
 
-    def stop(self) -> None:
-        """A graceful stop: intake and broker stopped, then the lease handed over."""
+    def stop(self) -> gevent.Greenlet:
+        """A graceful stop: intake and broker stopped, then the lease handed over; returns
+        the greenlet closing the inbox."""
         self._intake.stop()
         self.broker.stop()
         self._announcer.stop()
         self._keeping.kill()
         self.lease.release()
-        self._inbox.close()
+        return gevent.spawn(self._inbox.close)
 
 
 class ClusterPair:
     """The owner and a standby; the standby stays while the owner is restarted."""
 
-    def __init__(self, settings: BrokerSettings) -> None:
+    def __init__(self, settings: BrokerSettings, closing: list[gevent.Greenlet]) -> None:
         self.settings = settings
+        self._closing = closing
         self.owner = Owner(settings)
         self.standby = Acceptor(
             settings,
-            Inbox(CooperativeTarget(settings.valkey_url), settings.valkey_prefix),
+            Inbox(settings.valkey_url, settings.valkey_prefix),
             CallbackGuard(settings.allowed_networks),
         )
 
@@ -100,11 +73,11 @@ class ClusterPair:
     def restart_owner(self) -> None:
         """The owner stops and a new one (a new lease token, a new broker, a new intake)
         starts from what Valkey holds."""
-        self.owner.stop()
+        self._closing.append(self.owner.stop())
         self.owner = Owner(self.settings)
 
     def close(self) -> None:
         try:
-            self.owner.stop()
+            self._closing.append(self.owner.stop())
         finally:
-            self.standby.close()
+            self._closing.append(gevent.spawn(self.standby.close))

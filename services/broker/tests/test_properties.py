@@ -94,9 +94,20 @@ class Alone:
 STORES = ["memory", "sqlite", "valkey", "valkey-pair"]
 
 
+@pytest.fixture
+def closing() -> Iterator[list[gevent.Greenlet]]:
+    """What the examples of a test left closing (cluster_pair.py), all closed by its end."""
+    greenlets: list[gevent.Greenlet] = []
+    yield greenlets
+    gevent.joinall(greenlets, raise_error=True)
+
+
 @contextlib.contextmanager
 def deployed(
-    request: pytest.FixtureRequest, store: str, **options: Any
+    request: pytest.FixtureRequest,
+    store: str,
+    closing: list[gevent.Greenlet],
+    **options: Any,
 ) -> Iterator[Alone | ClusterPair]:
     """The replicas of one queue over an empty store of the kind named, running; stopped
     on the way out."""
@@ -105,7 +116,10 @@ def deployed(
     else:
         stored = fresh_durable_settings(request, store.removesuffix("-pair"), **options)
     with stored as settings_:
-        replicas = ClusterPair(settings_) if store == "valkey-pair" else Alone(settings_)
+        if store == "valkey-pair":
+            replicas: Alone | ClusterPair = ClusterPair(settings_, closing)
+        else:
+            replicas = Alone(settings_)
         try:
             yield replicas
         finally:
@@ -127,12 +141,13 @@ def taker(replicas: Alone | ClusterPair, data: st.DataObject) -> Callable[[], Pu
 @pytest.mark.parametrize("store", STORES)
 @given(steps=st.lists(step, max_size=25), data=st.data())
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-def test_any_interleaving_keeps_the_promises(store, request, steps, data):
+def test_any_interleaving_keeps_the_promises(store, request, closing, steps, data):
     """The same promises whatever keeps the queue, and whichever replica takes a publish:
     each example on an empty store."""
     receiver = Receiver()
     try:
-        with deployed(request, store, delivery_timeout=0.5, sync_timeout=30) as replicas:
+        options = {"delivery_timeout": 0.5, "sync_timeout": 30}
+        with deployed(request, store, closing, **options) as replicas:
             run(replicas.broker, receiver, steps, taker(replicas, data))
     finally:
         receiver.server.stop(timeout=0)
@@ -209,7 +224,7 @@ keyed_step = st.one_of(
 @given(steps=st.lists(keyed_step, max_size=20), data=st.data())
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 def test_any_interleaving_of_keyed_publishes_retries_and_restarts_makes_one_message_per_key(
-    store, request, steps, data
+    store, request, closing, steps, data
 ):
     """Publishes with idempotency keys, their retries (concurrent ones too: a retry may
     come while the first is still being written), the same key with another body, and
@@ -217,7 +232,7 @@ def test_any_interleaving_of_keyed_publishes_retries_and_restarts_makes_one_mess
     message per key, whatever the order and whichever replica a publish went through."""
     receiver = Receiver()
     try:
-        with deployed(request, store) as replicas:
+        with deployed(request, store, closing) as replicas:
             replicas.broker.subscribe(receiver.url + "/hook/0/1")
             run_keyed(replicas, steps, taker(replicas, data))
             broker = replicas.broker
@@ -251,24 +266,27 @@ def run_keyed(
             assert replayed and message.id == first[k]
         retries.clear()
 
-    for action, k in steps:
-        key = f"key-{k}"
-        if action == "publish" and k not in first:
-            message, replayed = publisher().publish_once(key, {"key": k})
-            assert not replayed
-            first[k] = message.id
-        elif action in ("publish", "retry") and k in first:
-            # Concurrently: the retry may find its first still being written.
-            retries.append((k, gevent.spawn(publisher().publish_once, key, {"key": k})))
-        elif action == "conflict" and k in first:
-            check_retries()
-            with pytest.raises(KeyReused):
-                publisher().publish_once(key, {"key": k, "other": True})
-        elif action == "crash":
-            check_retries()
-            replicas.restart_owner()
-        elif action == "pause":
-            gevent.sleep(0.01)
-    check_retries()
+    try:
+        for action, k in steps:
+            key = f"key-{k}"
+            if action == "publish" and k not in first:
+                message, replayed = publisher().publish_once(key, {"key": k})
+                assert not replayed
+                first[k] = message.id
+            elif action in ("publish", "retry") and k in first:
+                # Concurrently: the retry may find its first still being written.
+                retries.append((k, gevent.spawn(publisher().publish_once, key, {"key": k})))
+            elif action == "conflict" and k in first:
+                check_retries()
+                with pytest.raises(KeyReused):
+                    publisher().publish_once(key, {"key": k, "other": True})
+            elif action == "crash":
+                check_retries()
+                replicas.restart_owner()
+            elif action == "pause":
+                gevent.sleep(0.01)
+        check_retries()
+    finally:
+        gevent.killall([retry for _, retry in retries])  # left by a failed example
     for k, message_id in first.items():
         assert publisher().publish_once(f"key-{k}", {"key": k})[0].id == message_id
