@@ -7,8 +7,8 @@ replica, against the same broker on SQLite (the single broker), in the same run:
 3. what limits a cluster: CPU seconds (utime + stime from /proc) of the broker's worker and
    of valkey-server per accepted message (the accept run: each message stored, published,
    delivered once) and per delivery (the fan-out run), and from them the messages/s one
-   core of Valkey could take and how many replicas, each with a core of its own, it would
-   take to get there if replicas were active-active;
+   core of Valkey could take and how many replicas, each with a core of its own and
+   taking publishes, it would take to get there;
 4. two replicas on the same Valkey against one (the same owner, the second idle), in the
    same run: accept with the load tool's connections split over both against all on the
    owner, and fan-out to 10 subscribers with the messages published half through each; and

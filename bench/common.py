@@ -222,7 +222,8 @@ def broker(store: str = "memory", ready: str = "/readyz", **env: str) -> Iterato
     """A real broker on a free port, started as the tests start one
     (groker_common.testing.launch_broker: gunicorn + gevent, one worker, quiet, loopback
     callbacks allowed) with room for a benchmark's queue; yields (url, proc) once `ready`
-    answers 200 (a standby replica never gets ready: wait for /healthz instead)."""
+    answers 200 (on a shared Valkey, /readyz is every replica's: /stats answers once one
+    owns the queue)."""
     settings = {"GROKER_STORE": store, "GROKER_MAX_QUEUE_LENGTH": "1000000", **env}
     with tempfile.TemporaryDirectory(prefix="groker-bench-db-") as tmp:
         settings.setdefault("GROKER_DB_PATH", f"{tmp}/b.db")

@@ -10,7 +10,7 @@ fanout    deliveries/s to 1, 10, 50 subscribers        vs  the broker's HTTP cli
 latency   sync publish p50/p99 at 100 and 1,000 msg/s  vs  a direct POST to a subscriber
 memory    RSS per queued message (100,000 queued)      vs  minimal queue records
 cluster   accept, fan-out, sync p50/p99 on Valkey      vs  the same on SQLite
-          CPU per message; with a standby replica      vs  the owner alone
+          CPU per message; two replicas                vs  one (the same run)
 compose   accept and fan-out through docker compose    vs  the same natively
 
 Prints a table, writes bench/results/latest.json and bench/results/fanout.png; the output
