@@ -21,7 +21,8 @@ from broker import errors
 from broker.errors import Draining, NotSequenced, StoreError
 from broker.guard import CallbackGuard
 from broker.inbox import Entry, Inbox
-from broker.model import Item, Message, Mode, WaitResult, encode_body, wait_all
+from broker.model import Item, Message, Mode, WaitResult, encode_body
+from broker.publishing import Items, Publishing
 from broker.settings import BrokerSettings
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class _Awaited:
         self.heard.set()
 
 
-class Acceptor:
+class Acceptor(Publishing):
     def __init__(self, settings: BrokerSettings, inbox: Inbox, guard: CallbackGuard) -> None:
         self.settings = settings
         self._inbox = inbox
@@ -64,35 +65,6 @@ class Acceptor:
         self._publications: dict[int, list[_Awaited]] = {}  # by seq
         self.draining = False
         self._listener = gevent.spawn(inbox.listen, self._heard, self._lost)
-
-    # --- what the publish routes call, as on Broker ------------------------------------
-    def publish_once(
-        self,
-        key: str | None,
-        body: Any,
-        mode: Mode = "async",
-        headers: dict[str, str] | None = None,
-        callback: str | None = None,
-        attributes: dict[str, Any] | None = None,
-    ) -> tuple[Message, bool]:
-        one = None if attributes is None else [attributes]
-        messages, replayed = self._accept([(body, headers)], mode, callback, key, False, one)
-        return messages[0], replayed
-
-    def publish_batch(
-        self,
-        items: list[tuple[Any, dict[str, str] | None]],
-        mode: Mode = "async",
-        callback: str | None = None,
-        key: str | None = None,
-        attributes: list[dict[str, Any]] | None = None,
-    ) -> tuple[list[Message], bool]:
-        if attributes is not None and len(attributes) != len(items):
-            raise ValueError("one attributes mapping for each item")
-        return self._accept(items, mode, callback, key, True, attributes)
-
-    def wait_all_published(self, messages: list[Message]) -> WaitResult:
-        return wait_all(self.wait_published, messages, self.settings.sync_timeout)
 
     def wait_published(self, message: Message, timeout: float | None = None) -> WaitResult:
         """Hold a sync publisher until the owner says its message is published."""
@@ -137,7 +109,7 @@ class Acceptor:
     # --- the inbox -----------------------------------------------------------------------
     def _accept(
         self,
-        items: list[tuple[Any, dict[str, str] | None]],
+        items: Items,
         mode: Mode,
         callback: str | None,
         key: str | None,

@@ -32,8 +32,8 @@ from broker.model import (
     WaitResult,
     encode_body,
     fingerprint,
-    wait_all,
 )
+from broker.publishing import Items, Publishing
 from broker.registry import SubscriberRegistry
 from broker.replies import CallbackNotifier, CallbackReply, SyncReply
 from broker.schemas import MessageStatus
@@ -60,7 +60,7 @@ class Parts:
     metrics: BrokerMetrics
 
 
-class Broker:
+class Broker(Publishing):
     """One FIFO queue published to webhook subscribers: publishers append to the store, the
     dispatcher hands the head to every subscriber's lane, the lanes report to the
     publication, which tells the publisher (sync: its waiting request; async: its callback)."""
@@ -133,53 +133,17 @@ class Broker:
     ) -> Message:
         """Accept a message onto the tail of the queue; returns once it is stored. With
         `attributes`, the message is a published CloudEvent (cloudevents.py)."""
-        messages, _ = self._accept(
-            [(body, headers)], mode, callback, key=None, batch=False, attributes=_one(attributes)
-        )
-        return messages[0]
-
-    def publish_once(
-        self,
-        key: str | None,
-        body: Any,
-        mode: Mode = "async",
-        headers: dict[str, str] | None = None,
-        callback: str | None = None,
-        attributes: dict[str, Any] | None = None,
-    ) -> tuple[Message, bool]:
-        """Publish with an idempotency key (already scoped to the publisher): the same key
-        with the same request, within `idempotency_seconds` and while the message is
-        kept, returns the first message and True (replayed) instead of a new one. Without
-        a key, `publish` (never replayed)."""
-        messages, replayed = self._accept(
-            [(body, headers)], mode, callback, key, batch=False, attributes=_one(attributes)
-        )
-        return messages[0], replayed
-
-    def publish_batch(
-        self,
-        items: list[tuple[Any, dict[str, str] | None]],
-        mode: Mode = "async",
-        callback: str | None = None,
-        key: str | None = None,
-        attributes: list[dict[str, Any]] | None = None,
-    ) -> tuple[list[Message], bool]:
-        """Accept (body, headers) items as messages of consecutive seqs, in the order given,
-        in one durable write: all of them or none. With a key, as `publish_once`, for the
-        whole batch. With `attributes`, one for each item, in order, the items are published
-        CloudEvents (a CloudEvents batch)."""
-        if attributes is not None and len(attributes) != len(items):
-            raise ValueError("one attributes mapping for each item")
-        return self._accept(items, mode, callback, key, batch=True, attributes=attributes)
+        message, _ = self.publish_once(None, body, mode, headers, callback, attributes)
+        return message
 
     def _accept(
         self,
-        items: list[tuple[Any, dict[str, str] | None]],
+        items: Items,
         mode: Mode,
         callback: str | None,
         key: str | None,
         batch: bool,
-        attributes: list[dict[str, Any]] | None = None,
+        attributes: list[dict[str, Any]] | None,
     ) -> tuple[list[Message], bool]:
         if self.draining:
             raise Draining()
@@ -274,11 +238,6 @@ class Broker:
         if first is None or first.accepted_at < time.time() - self.settings.idempotency_seconds:
             return None
         return first
-
-    def wait_all_published(self, messages: list[Message]) -> WaitResult:
-        """Hold a sync publisher of a batch until all of it is published, within one sync
-        timeout for the whole batch."""
-        return wait_all(self.wait_published, messages, self.settings.sync_timeout)
 
     def wait_published(self, message: Message, timeout: float | None = None) -> WaitResult:
         """Hold a sync publisher until its message is published (or we stop, or time out)."""
@@ -379,8 +338,3 @@ class Broker:
         while True:
             gevent.sleep(PRUNE_INTERVAL)
             self.store.prune()
-
-
-def _one(attributes: dict[str, Any] | None) -> list[dict[str, Any]] | None:
-    """One published CloudEvent's attributes, as a batch of one has them."""
-    return None if attributes is None else [attributes]

@@ -73,19 +73,6 @@ def fingerprint(
     return digest.hexdigest()
 
 
-def wait_all(
-    wait: Callable[[Message, float], WaitResult], messages: list[Message], timeout: float
-) -> WaitResult:
-    """Wait (`wait(message, seconds left)`) for each of a batch's messages in turn, within
-    one `timeout` for the whole batch; the first outcome but "published" ends it."""
-    deadline = time.monotonic() + timeout
-    for message in messages:
-        outcome = wait(message, max(0.0, deadline - time.monotonic()))
-        if outcome != "published":
-            return outcome
-    return "published"
-
-
 def attribute_headers(attributes: dict[str, Any] | None) -> dict[str, str]:
     """A published CloudEvent's attributes as the headers of groker's envelope, named and
     written as in the CloudEvents binary mode (`ce-type: com.example.order`, `ce-n: 5`)."""

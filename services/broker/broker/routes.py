@@ -3,7 +3,7 @@ route declared once with its scope and answers (operations.route)."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol, TypeVar, cast
+from typing import TypeVar, cast
 
 from flask import Blueprint, current_app, request
 from flask.blueprints import BlueprintSetupState
@@ -36,6 +36,7 @@ from broker.errors import (
 )
 from broker.model import Message, Mode, WaitResult
 from broker.operations import Documented, route
+from broker.publishing import Publishing
 from broker.schemas import (
     CLOUD_EVENT_BATCH,
     CLOUD_EVENT_REF,
@@ -50,7 +51,6 @@ from broker.schemas import (
     Subscription,
     SubscriptionList,
 )
-from broker.settings import BrokerSettings
 from groker_common.web import error
 
 api = Blueprint("api", __name__)
@@ -81,41 +81,11 @@ def current_broker() -> Broker:
     return cast(Broker, broker)
 
 
-class Publisher(Protocol):
-    """What the publish routes call: the broker, or, on a standby of a cluster, its
-    acceptor (acceptor.py), which hands the publish to the owner through the inbox."""
-
-    settings: BrokerSettings
-
-    def publish_once(
-        self,
-        key: str | None,
-        body: Any,
-        mode: Mode = "async",
-        headers: dict[str, str] | None = None,
-        callback: str | None = None,
-        attributes: dict[str, Any] | None = None,
-    ) -> tuple[Message, bool]: ...
-
-    def publish_batch(
-        self,
-        items: list[tuple[Any, dict[str, str] | None]],
-        mode: Mode = "async",
-        callback: str | None = None,
-        key: str | None = None,
-        attributes: list[dict[str, Any]] | None = None,
-    ) -> tuple[list[Message], bool]: ...
-
-    def wait_published(self, message: Message, timeout: float | None = None) -> WaitResult: ...
-
-    def wait_all_published(self, messages: list[Message]) -> WaitResult: ...
-
-
-def current_publisher() -> Publisher:
+def current_publisher() -> Publishing:
     """Who takes a publish on this replica: its broker, or a standby's acceptor."""
     replica = current_app.extensions.get("groker_replica")
     if replica is not None and replica.acceptor is not None and not replica.owning:
-        return cast(Publisher, replica.acceptor)
+        return replica.acceptor
     return current_broker()
 
 
@@ -243,7 +213,7 @@ def publish():
     return _published(broker, message, req.mode, replayed)
 
 
-def _publish_event(broker: Publisher, headers: PublishHeaders, key: str | None):
+def _publish_event(broker: Publishing, headers: PublishHeaders, key: str | None):
     """POST /messages with a CloudEvent (structured, or binary: ce- headers): its data is
     the body, its other attributes are kept with the message."""
     options = _event_options(headers)
@@ -264,7 +234,7 @@ def _event_options(headers: PublishHeaders) -> PublishOptions:
     return PublishOptions.model_validate({k: v for k, v in sent.items() if v is not None})
 
 
-def _published(broker: Publisher, message: Message, mode: Mode, replayed: bool):
+def _published(broker: Publishing, message: Message, mode: Mode, replayed: bool):
     """The answer to a publish of one message: at once (async), or once published (sync)."""
     # A plain f-string: url_for costs a few percent of this, the hottest route.
     headers = {"Location": f"/messages/{message.id}"}
@@ -316,7 +286,7 @@ def publish_batch():
     return _published_batch(broker, messages, req.mode, replayed)
 
 
-def _publish_event_batch(broker: Publisher, headers: PublishHeaders, key: str | None):
+def _publish_event_batch(broker: Publishing, headers: PublishHeaders, key: str | None):
     """POST /messages/batch with CloudEvents: each event one message of the batch, with
     its attributes, as a structured event alone to POST /messages."""
     options = _event_options(headers)
@@ -332,7 +302,7 @@ def _publish_event_batch(broker: Publisher, headers: PublishHeaders, key: str | 
     return _published_batch(broker, messages, options.mode, replayed)
 
 
-def _published_batch(broker: Publisher, messages: list[Message], mode: Mode, replayed: bool):
+def _published_batch(broker: Publishing, messages: list[Message], mode: Mode, replayed: bool):
     """The answer to a batch publish: at once (async), or once all are published (sync)."""
     headers = {"Idempotent-Replayed": "true"} if replayed else {}
     if mode == "async":
