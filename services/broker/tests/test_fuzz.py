@@ -33,7 +33,26 @@ config = SchemathesisConfig.from_dict(
         "checks": {
             "positive_data_acceptance": {
                 "expected-statuses": ["2XX", "401", "403", "404", "422", "429", "503"]
-            }
+            },
+            # Invalid data must be refused; a body over GROKER_MAX_BODY_BYTES is refused
+            # (413) before it is read, which schemathesis does not count as a refusal.
+            "negative_data_rejection": {
+                "expected-statuses": [
+                    "400",
+                    "401",
+                    "403",
+                    "404",
+                    "405",
+                    "406",
+                    "409",
+                    "413",
+                    "415",
+                    "422",
+                    "428",
+                    "429",
+                    "5XX",
+                ]
+            },
         },
     }
 )

@@ -10,11 +10,13 @@ import uuid
 
 import gevent
 import pytest
+import valkey
 
 from broker.errors import StoreError
 from broker.model import Message, Subscriber
 from broker.settings import BrokerSettings
 from broker.storage.valkey import ValkeyStore
+from broker.storage.valkey_client import ValkeyTarget
 from broker.wiring import build_broker
 from groker_common.testing import free_port, poll, wait_until
 
@@ -313,6 +315,9 @@ def test_through_sentinel_every_acknowledged_write_survives_the_primary_killed(t
         primary.replica_of = replica  # back, and told by the Sentinel to follow the new one
         primary.start()
         poll(lambda: _replicas_of(replica) == 1, timeout=30, what="the old primary to follow")
+        # The Sentinel may still be settling the old primary's return (it answered "no
+        # master" once, in a busy CI run): start over only once it names a sound one.
+        poll(lambda: _primary_found(replicated), timeout=30, what="the Sentinel to settle")
         second = build_broker(replicated)
         second.start()
         try:
@@ -335,3 +340,14 @@ def _replicas_of(server: ValkeyProcess) -> int:
         for name, value in info.items()
         if name.startswith("slave") and isinstance(value, dict) and value["state"] == "online"
     )
+
+
+def _primary_found(settings: BrokerSettings) -> bool:
+    """Whether the Sentinels name a primary that answers, as a broker would reach it."""
+    client = ValkeyTarget.from_settings(settings).client(2, 2)
+    try:
+        return bool(client.ping())
+    except valkey.ValkeyError:
+        return False
+    finally:
+        client.close()
