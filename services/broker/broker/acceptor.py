@@ -18,11 +18,11 @@ import gevent.event
 import valkey
 
 from broker import errors
-from broker.errors import Draining, NotSequenced, StoreError
+from broker.errors import NotSequenced, StoreError
 from broker.guard import CallbackGuard
 from broker.inbox import Entry, Inbox
-from broker.model import Item, Message, Mode, WaitResult, encode_body
-from broker.publishing import Items, Publishing
+from broker.model import Item, Message, Mode, WaitResult
+from broker.publishing import Publishing
 from broker.settings import BrokerSettings
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class Acceptor(Publishing):
     def __init__(self, settings: BrokerSettings, inbox: Inbox, guard: CallbackGuard) -> None:
         self.settings = settings
         self._inbox = inbox
-        self._guard = guard
+        self.guard = guard
         self._answers: dict[str, _Awaited] = {}  # by the first message id of the entry
         self._publications: dict[int, list[_Awaited]] = {}  # by seq
         self.draining = False
@@ -78,7 +78,7 @@ class Acceptor(Publishing):
             outcome = self._wait(
                 awaited,
                 self.settings.sync_timeout if timeout is None else timeout,
-                lambda: self._look(message.seq),
+                lambda: self._look(self._inbox.published, message.seq),
             )
         finally:
             waiting = self._publications.get(message.seq, [])
@@ -107,20 +107,15 @@ class Acceptor(Publishing):
         self._inbox.close()
 
     # --- the inbox -----------------------------------------------------------------------
-    def _accept(
+    def _admit(
         self,
-        items: Items,
+        encoded: list[Item],
         mode: Mode,
         callback: str | None,
         key: str | None,
         batch: bool,
         attributes: list[dict[str, Any]] | None,
     ) -> tuple[list[Message], bool]:
-        if self.draining:
-            raise Draining()
-        if callback is not None:
-            self._guard.check(callback)
-        encoded: list[Item] = [(encode_body(body), headers or None) for body, headers in items]
         entry = Entry(
             ids=[str(uuid.uuid4()) for _ in encoded],
             items=encoded,
@@ -140,7 +135,9 @@ class Acceptor(Publishing):
                 # Not in the inbox (or, if the connection broke after the write, an entry
                 # with a key of its own: its publisher's retry with the key is a replay).
                 raise StoreError(f"cannot reach Valkey: {exc}") from exc
-            answer = self._wait(awaited, self.settings.sync_timeout, lambda: self._look(first))
+            answer = self._wait(
+                awaited, self.settings.sync_timeout, lambda: self._look(self._inbox.answer, first)
+            )
         finally:
             del self._answers[first]
         if answer is None:
@@ -176,13 +173,11 @@ class Acceptor(Publishing):
             for awaited in self._publications.get(seq, []):
                 awaited.set((published_at, delivered, failed))
 
-    def _look(self, what: str | int) -> Any:
-        """Look up what a waiter did not hear of: an entry's answer (by its first message
-        id), or a publication (by seq); None if there is none yet, or Valkey cannot say."""
+    def _look(self, lookup: Any, what: str | int) -> Any:
+        """`lookup(what)`: what a waiter did not hear of (an entry's answer, a publication);
+        None if there is none yet, or Valkey cannot say."""
         try:
-            if isinstance(what, str):
-                return self._inbox.answer(what)
-            return self._inbox.published(what)
+            return lookup(what)
         except valkey.ValkeyError as exc:
             log.warning("cannot look up %r: %s", what, exc)
             return None

@@ -30,10 +30,9 @@ from broker.model import (
     Stats,
     Subscriber,
     WaitResult,
-    encode_body,
     fingerprint,
 )
-from broker.publishing import Items, Publishing
+from broker.publishing import Publishing
 from broker.registry import SubscriberRegistry
 from broker.replies import CallbackNotifier, CallbackReply, SyncReply
 from broker.schemas import MessageStatus
@@ -135,22 +134,6 @@ class Broker(Publishing):
         `attributes`, the message is a published CloudEvent (cloudevents.py)."""
         message, _ = self.publish_once(None, body, mode, headers, callback, attributes)
         return message
-
-    def _accept(
-        self,
-        items: Items,
-        mode: Mode,
-        callback: str | None,
-        key: str | None,
-        batch: bool,
-        attributes: list[dict[str, Any]] | None,
-    ) -> tuple[list[Message], bool]:
-        if self.draining:
-            raise Draining()
-        if callback is not None:
-            self.guard.check(callback)
-        encoded: list[Item] = [(encode_body(body), headers or None) for body, headers in items]
-        return self._admit(encoded, mode, callback, key, batch, attributes)
 
     def accept_entry(self, entry: Entry) -> tuple[list[Message], bool]:
         """Accept a publish another replica took into the cluster's inbox (intake.py), with

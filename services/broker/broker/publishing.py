@@ -9,7 +9,9 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any
 
-from broker.model import Message, Mode, WaitResult
+from broker.errors import Draining
+from broker.guard import CallbackGuard
+from broker.model import Item, Message, Mode, WaitResult, encode_body
 from broker.settings import BrokerSettings
 
 # A batch's items as given: (body, headers).
@@ -18,6 +20,8 @@ Items = list[tuple[Any, dict[str, str] | None]]
 
 class Publishing(ABC):
     settings: BrokerSettings
+    guard: CallbackGuard
+    draining: bool
 
     def publish_once(
         self,
@@ -67,10 +71,28 @@ class Publishing(ABC):
     def wait_published(self, message: Message, timeout: float | None = None) -> WaitResult:
         """Hold a sync publisher until its message is published (or we stop, or time out)."""
 
-    @abstractmethod
     def _accept(
         self,
         items: Items,
+        mode: Mode,
+        callback: str | None,
+        key: str | None,
+        batch: bool,
+        attributes: list[dict[str, Any]] | None,
+    ) -> tuple[list[Message], bool]:
+        """What both check before a message is made (stopping, the callback's destination),
+        then the bodies encoded once for `_admit`."""
+        if self.draining:
+            raise Draining()
+        if callback is not None:
+            self.guard.check(callback)
+        encoded: list[Item] = [(encode_body(body), headers or None) for body, headers in items]
+        return self._admit(encoded, mode, callback, key, batch, attributes)
+
+    @abstractmethod
+    def _admit(
+        self,
+        encoded: list[Item],
         mode: Mode,
         callback: str | None,
         key: str | None,
