@@ -5,20 +5,28 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 from typing import cast
 
 from flask import Flask, Response, request
 
 from broker.acceptor import Acceptor
 from broker.access import install_access_control
+from broker.cloudevents import CloudEventsFormat
 from broker.core import Broker
 from broker.dashboard import EVENT_INTERVAL, SNAPSHOT_PATH, dashboard
+from broker.delegation import Delegation
+from broker.delivery import Courier
 from broker.forward import Forwarder
 from broker.guard import CallbackGuard
 from broker.inbox import Inbox
 from broker.intake import Announcer, Intake
+from broker.lane_host import LaneHost
+from broker.lane_wire import LaneWire
+from broker.lanes import Lane
 from broker.metrics import BrokerMetrics
 from broker.openapi import spec
+from broker.publication import Publication
 from broker.replica import Replica
 from broker.routes import api
 from broker.settings import BrokerSettings
@@ -71,11 +79,13 @@ def advertised_url(settings: BrokerSettings) -> str:
 
 class Cluster:
     """A replica's parts for sharing one queue with others over Valkey: the ownership lease,
-    the inbox's two ends (acceptor.py for a standby, intake.py for the owner) and the
-    forwarder of a standby's other requests."""
+    the inbox's two ends (acceptor.py for a standby, intake.py for the owner), the forwarder
+    of a standby's other requests, and both ends of the lanes the owner gives the others
+    (delegation.py for the owner, lane_host.py on every replica)."""
 
-    def __init__(self, settings: BrokerSettings) -> None:
-        target = ValkeyTarget.from_settings(settings)
+    def __init__(self, settings: BrokerSettings, metrics: BrokerMetrics) -> None:
+        self._settings = settings
+        target = self._target = ValkeyTarget.from_settings(settings)
         self.lease = OwnerLease(
             target,
             settings.valkey_prefix,
@@ -87,16 +97,52 @@ class Cluster:
         self.acceptor = Acceptor(settings, self.inbox, CallbackGuard(settings.allowed_networks))
         self.announcer = Announcer(self.inbox)
         self.forwarder = Forwarder(self.lease, HttpPool(), settings.sync_timeout + 5)
+        courier = Courier(
+            HttpPool(),
+            CallbackGuard(settings.allowed_networks),
+            settings.delivery_attempts,
+            settings.delivery_timeout,
+            metrics.delivery_latency,
+            CloudEventsFormat(settings.cloudevents_source),
+        )
+        self.host = LaneHost(
+            LaneWire(target, settings.valkey_prefix), self.lease, courier, settings.lane_capacity
+        )
+        self.host.start()
         self.intake: Intake | None = None
+        self.delegation: Delegation | None = None
+
+    def delegate(
+        self, token: str | None
+    ) -> Callable[[Callable[..., Lane], Publication], Callable[..., Lane]]:
+        """How the broker owning with `token` opens its lanes: here or on other replicas."""
+
+        def open_lanes(local: Callable[..., Lane], publication: Publication) -> Callable[..., Lane]:
+            self.delegation = Delegation(
+                LaneWire(self._target, self._settings.valkey_prefix),
+                self.lease,
+                token or self.lease.token,
+                local,
+                publication,
+                self._settings.lane_capacity,
+            )
+            return self.delegation.open_lane  # type: ignore[return-value]
+
+        return open_lanes
 
     def own(self, broker: Broker) -> None:
-        """This replica owns the queue now: take in what the standbys accept."""
+        """This replica owns the queue now: take in what the standbys accept. The lanes it
+        held for the previous owner go: it delivers again what they had not."""
+        self.host.clear()
         self.intake = Intake(broker, self.inbox, cast(ValkeyStore, broker.store))
         self.intake.start()
 
     def stop(self) -> None:
         if self.intake is not None:
             self.intake.stop()
+        if self.delegation is not None:
+            self.delegation.stop()
+        self.host.stop()
         self.announcer.stop()
 
 
@@ -107,7 +153,7 @@ def create_app(settings: BrokerSettings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     metrics = BrokerMetrics()
     shared = settings.store in SHARED_STORES
-    cluster = Cluster(settings) if shared else None
+    cluster = Cluster(settings, metrics) if shared else None
 
     def activate(broker: Broker) -> None:
         app.extensions["groker"] = broker
@@ -120,6 +166,7 @@ def create_app(settings: BrokerSettings | None = None) -> Flask:
             metrics=metrics,
             owner_token=token,
             announce=None if cluster is None else cluster.announcer,
+            delegate=None if cluster is None else cluster.delegate(token),
         ),
         None if cluster is None else cluster.lease,
         on_active=activate,

@@ -6,6 +6,7 @@ deliver and when."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 import gevent
@@ -57,6 +58,12 @@ class Courier:
         self._deadline = deadline
         self._timeout = deadline / attempts
         self._latency = latency
+        self._present: Callable[[], bool] | None = None
+
+    def fence(self, present: Callable[[], bool]) -> None:
+        """Make no attempt unless `present()` (lane_host.py: a replica that went silent past
+        its lease holds its lanes no more); an attempt refused ends the lane's greenlet."""
+        self._present = present
 
     def deliver(self, subscriber: Subscriber, messages: list[Message]) -> int:
         """POST the messages (one, or a batch for a subscriber that takes batches), once
@@ -98,6 +105,8 @@ class Courier:
         return retrying(self._post, subscriber, delivery)
 
     def _post(self, subscriber: Subscriber, delivery: Delivery) -> int:
+        if self._present is not None and not self._present():
+            raise gevent.GreenletExit  # quietly: not retried, not a failure of the subscriber
         url = subscriber.callback
         try:
             self._guard.check(url)  # again at delivery time: DNS can change

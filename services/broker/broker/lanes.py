@@ -34,6 +34,9 @@ class Lane:
     a time, and reports each outcome to the publication; gives up on the subscriber (and
     asks for its removal) when a delivery fails for good."""
 
+    # In a cluster: the replica that delivers (delegation.py), shown on the dashboard.
+    holder = ""
+
     def __init__(
         self,
         subscriber: Subscriber,
@@ -59,12 +62,15 @@ class Lane:
 
     def describe(self) -> dict[str, object]:
         """The subscriber and how its lane is doing, for the dashboard."""
-        return {
+        described = {
             **self.subscriber.describe(),
             "backlog": self.backlog,
             "delivered": self.delivered,
             "failed": self.failed,
         }
+        if self.holder:
+            described["replica"] = self.holder
+        return described
 
     @property
     def busy(self) -> bool:
@@ -88,6 +94,13 @@ class Lane:
         for message in self._current:
             self._resolve(message, delivered=False)
         self._drain()
+
+    def abandon(self) -> None:
+        """Stop delivering, quietly: what it holds is for another lane to deliver (a lane
+        on a replica that gives it back, lane_host.py)."""
+        self.closed = True
+        if self._greenlet is not gevent.getcurrent():
+            self._greenlet.kill(block=False)
 
     def _drain(self) -> None:
         while True:

@@ -136,9 +136,10 @@ class Message:
             kept += sum(len(k) + len(str(v)) for k, v in self.attributes.items())
         return len(self.body_json) + headers + kept
 
-    def begin_publication(self, subscriber_ids: list[str]) -> None:
-        """Fix the delivery set, and encode the subscriber payload once for all of them."""
-        self.published_at = time.time()
+    def begin_publication(self, subscriber_ids: list[str], at: float | None = None) -> None:
+        """Fix the delivery set, and encode the subscriber payload once for all of them
+        (`at`: as the owner of the queue began it, on a replica that delivers for it)."""
+        self.published_at = time.time() if at is None else at
         self._pending = set(subscriber_ids)
         envelope = json.dumps(
             {

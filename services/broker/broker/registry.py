@@ -65,6 +65,12 @@ class SubscriberRegistry:
         lane.close()
         return True
 
+    def replace(self, subscriber_id: str, lane: Lane) -> None:
+        """Deliver to a subscriber through another lane from now on (delegation.py moves a
+        lane whose replica is gone); nothing if it is no longer subscribed."""
+        if subscriber_id in self._lanes:
+            self._lanes[subscriber_id] = lane
+
     def find(self, callback: str) -> Subscriber | None:
         subscriber_id = self._by_callback.get(callback)
         return self._lanes[subscriber_id].subscriber if subscriber_id else None

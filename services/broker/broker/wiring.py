@@ -29,10 +29,12 @@ def build_broker(
     metrics: BrokerMetrics | None = None,
     owner_token: str | None = None,
     announce: Callable[[Message], None] | None = None,
+    delegate: Callable[[Callable[..., Lane], Publication], Callable[..., Lane]] | None = None,
 ) -> Broker:
     """A broker ready to `start()`, over the store the settings name (or `store`); over a
     shared store, writing only while `owner_token` owns it, and telling `announce` of every
-    publication (intake.Announcer)."""
+    publication (intake.Announcer), and opening lanes through `delegate` (delegation.py:
+    given the local lanes' maker and the publication, the maker to use)."""
     settings = settings or BrokerSettings()
     counters = Counters()
     metrics = metrics or BrokerMetrics()
@@ -56,12 +58,12 @@ def build_broker(
         metrics.delivery_latency,
         CloudEventsFormat(settings.cloudevents_source),
     )
+    publication = Publication(store, counters, metrics, announce)
     open_lane = partial(
-        Lane,
-        courier=courier,
-        capacity=settings.lane_capacity,
-        publication=Publication(store, counters, metrics, announce),
+        Lane, courier=courier, capacity=settings.lane_capacity, publication=publication
     )
+    if delegate is not None:
+        open_lane = delegate(open_lane, publication)
     registry = SubscriberRegistry(store, counters, open_lane)
     dispatcher = Dispatcher(store, registry, settings.flow_backlog)
     broker = Broker(

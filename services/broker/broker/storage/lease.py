@@ -66,6 +66,10 @@ class OwnerLease:
         self._renew = self._client.register_script(RENEW)
         self._release = self._client.register_script(RELEASE)
         self._renewed_at = 0.0
+        self._announced_at = 0.0
+        # Times this process went silent for longer than a lease (paused, cut off): what the
+        # other replicas may have given up on it for (lanes it held, delegation.py).
+        self.lapses = 0
 
     @property
     def _ms(self) -> int:
@@ -107,8 +111,24 @@ class OwnerLease:
 
     def announce(self, role: str) -> None:
         """Say in the roster that this replica is here, as `role`."""
-        entry = json.dumps({"role": role, "seen": time.time(), "url": self.url})
+        entry = json.dumps(
+            {"role": role, "seen": time.time(), "url": self.url, "instance": self.token}
+        )
         self._client.hset(self._roster, self.name, entry)
+        if self._announced_at and not self.present():
+            self.lapses += 1
+        self._announced_at = time.monotonic()
+
+    def present(self) -> bool:
+        """Said lately that it is here, as far as this process can tell: the owner counts a
+        replica silent for a lease as gone and moves its lanes (delegation.py), so one that
+        was paused past that must deliver nothing on their account when it wakes."""
+        return time.monotonic() - self._announced_at < self.seconds
+
+    def owner_token(self) -> str | None:
+        """The token of the replica that owns the queue now, if one does."""
+        token = self._client.get(self._key)
+        return None if token is None else str(token)
 
     def roster(self) -> list[dict[str, object]]:
         """Every replica heard from lately (name, role, seconds since), the gone dropped."""
@@ -123,7 +143,14 @@ class OwnerLease:
                 # Every replica says so each third of a lease: one silent for longer is
                 # killed or frozen (a killed owner would otherwise show as an owner still).
                 role = fields["role"] if ago <= self.seconds else "unresponsive"
-                found.append({"name": name, "role": role, "seen_ago": round(ago, 1)})
+                found.append(
+                    {
+                        "name": name,
+                        "role": role,
+                        "seen_ago": round(ago, 1),
+                        "instance": fields.get("instance"),
+                    }
+                )
         if gone:
             self._client.hdel(self._roster, *gone)
         return found

@@ -1,0 +1,319 @@
+"""The owner's lanes on other replicas (GROKER_STORE=valkey): deliveries, the largest part of
+a fan-out's work, spread over every replica, while the owner stays the one sequencer.
+
+A new subscriber's lane goes to whichever live replica holds the fewest (the owner counts
+half a lane more: it also sequences every message). On the owner such a lane is a
+`RemoteLane`: the dispatcher puts messages into it as into any lane, it ships them to its
+replica (lane_wire.py), where a `lane_host.LaneHost` delivers them with a lane of its own,
+and the outcomes coming back are recorded in the owner's publication as a local lane's are.
+The owner keeps every message shipped until its outcome is in (at most `lane_capacity` per
+lane: then the dispatcher waits, as on a full local lane).
+
+A replica silent for a lease (killed, paused, cut off) is gone: its lanes move, each to the
+replica with the fewest, its messages still out shipped again there first, in seq order;
+outcomes of the old assignment are then ignored. The subscriber may receive those again
+(at least once), never one out of order from the owner's lanes. Lanes do not move to a
+replica that joins later: new subscribers go there."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+import weakref
+from collections.abc import Callable
+from typing import Protocol
+
+import gevent
+import gevent.event
+import valkey
+
+from broker.lane_wire import LaneWire, Op, message_op, open_op
+from broker.lanes import Lane
+from broker.model import Message, Subscriber
+from broker.publication import Publication
+from broker.storage.lease import OwnerLease
+
+log = logging.getLogger(__name__)
+
+BLOCK_MS = 1000
+# The owner's own load counts this many lanes more than it holds.
+OWNER_EXTRA = 0.5
+
+
+class Removal(Protocol):
+    """The registry, as a lane that moves or gives up needs it."""
+
+    def unsubscribe(self, subscriber_id: str, reason: str | None = None) -> bool: ...
+
+    def replace(self, subscriber_id: str, lane: Lane) -> None: ...
+
+
+class Shipper:
+    """Everything the owner gives one replica, in order: what comes while a shipment is on
+    its way goes in the next, one message's assignments on this replica in one op."""
+
+    def __init__(self, wire: LaneWire, instance: str, name: str, owner: str) -> None:
+        self.instance = instance
+        self.name = name
+        self._wire = wire
+        self._owner = owner
+        self._ops: list[Op] = []
+        self._wakeup = gevent.event.Event()
+        self._greenlet = gevent.spawn(self._ship_forever)
+
+    def add(self, op: Op) -> None:
+        self._ops.append(op)
+        self._wakeup.set()
+
+    def deliver(self, assignment: str, message: Message) -> None:
+        last = self._ops[-1] if self._ops else None
+        if last is not None and last[0] == "msg" and last[1] == message.seq:
+            last[-1].append(assignment)  # the dispatcher puts one message into every lane
+            self._wakeup.set()
+        else:
+            self.add(message_op(message, assignment))
+
+    def _ship_forever(self) -> None:
+        while True:
+            self._wakeup.wait()
+            self._wakeup.clear()
+            ops, self._ops = self._ops, []
+            if not ops:
+                continue
+            try:
+                self._wire.ship(self.instance, self._owner, ops)
+            except valkey.ValkeyError as exc:
+                log.warning(
+                    "could not ship %d ops to %s, again shortly: %s", len(ops), self.name, exc
+                )
+                self._ops = ops + self._ops
+                gevent.sleep(0.2)
+                self._wakeup.set()
+
+    def stop(self) -> None:
+        self._greenlet.kill(block=False)
+
+
+class RemoteLane:
+    """A lane whose deliveries another replica makes: to the dispatcher, the registry and
+    the dashboard it is a lane like any other."""
+
+    def __init__(
+        self,
+        subscriber: Subscriber,
+        shipper: Shipper,
+        capacity: int,
+        publication: Publication,
+        removal: Removal,
+    ) -> None:
+        self.subscriber = subscriber
+        self.assignment = f"{subscriber.id}/{uuid.uuid4().hex[:8]}"
+        self.shipper = shipper
+        self.holder = shipper.name
+        self.removal = removal
+        self._capacity = capacity
+        self._publication = publication
+        self._pending: dict[int, Message] = {}  # shipped, outcome not in yet
+        self._room = gevent.event.Event()
+        self._room.set()
+        self.closed = False
+        self.moved: Lane | RemoteLane | None = None
+        self.delivered = 0
+        self.failed = 0
+        shipper.add(open_op(self.assignment, subscriber))
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._pending)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            **self.subscriber.describe(),
+            "backlog": self.backlog,
+            "delivered": self.delivered,
+            "failed": self.failed,
+            "replica": self.holder,
+        }
+
+    def put(self, message: Message) -> None:
+        """Ship a message; blocks while `capacity` are out."""
+        while len(self._pending) >= self._capacity and not self.closed:
+            self._room.clear()
+            self._room.wait()
+        if self.moved is not None:
+            self.moved.put(message)
+        elif self.closed:
+            self._resolve(message, delivered=False)
+        else:
+            self._pending[message.seq] = message
+            self.shipper.deliver(self.assignment, message)
+
+    def outcome(self, seq: int, delivered: bool) -> None:
+        message = self._pending.pop(seq, None)
+        if message is None:
+            return
+        self._resolve(message, delivered)
+        if len(self._pending) < self._capacity:
+            self._room.set()
+
+    def close(self) -> None:
+        """Stop delivering (unsubscribed, removed, or the broker stops); whatever is out
+        counts as failed for this subscriber, as a local lane's queue does."""
+        if self.closed:
+            return
+        self.closed = True
+        self.shipper.add(["close", self.assignment])
+        pending, self._pending = self._pending, {}
+        for seq in sorted(pending):
+            self._resolve(pending[seq], delivered=False)
+        self._room.set()
+
+    def move_to(self, lane: Lane | RemoteLane) -> None:
+        """Deliver through `lane` from now on, starting with what is out, in seq order."""
+        pending, self._pending = self._pending, {}
+        for seq in sorted(pending):
+            lane.put(pending[seq])
+        self.moved = lane
+        self.closed = True
+        self._room.set()
+
+    def _resolve(self, message: Message, delivered: bool) -> None:
+        if delivered:
+            self.delivered += 1
+        else:
+            self.failed += 1
+        self._publication.record(message, self.subscriber.id, delivered)
+
+
+class Delegation:
+    """Opens the owner's lanes (the registry's `open_lane`), here or on other replicas;
+    hears the outcomes; moves the lanes of replicas that are gone."""
+
+    def __init__(
+        self,
+        wire: LaneWire,
+        lease: OwnerLease,
+        owner: str,
+        local: Callable[..., Lane],
+        publication: Publication,
+        capacity: int,
+    ) -> None:
+        self._wire = wire
+        self._lease = lease
+        self._owner = owner
+        self._local = local
+        self._publication = publication
+        self._capacity = capacity
+        self._lanes: dict[str, RemoteLane] = {}  # by assignment
+        self._shippers: dict[str, Shipper] = {}  # by instance
+        self._here: weakref.WeakSet[Lane] = weakref.WeakSet()
+        # Outcomes from before this owner began are not its own.
+        self._after = wire.outcomes_head()
+        self._greenlets = [gevent.spawn(self._hear_forever), gevent.spawn(self._watch_forever)]
+
+    def open_lane(
+        self, subscriber: Subscriber, removal: Removal, avoid: str | None = None
+    ) -> Lane | RemoteLane:
+        target = self._choose(avoid)
+        if target is None:
+            lane = self._local(subscriber=subscriber, removal=removal)
+            lane.holder = self._lease.name
+            self._here.add(lane)
+            return lane
+        name, instance = target
+        shipper = self._shippers.get(instance)
+        if shipper is None:
+            shipper = self._shippers[instance] = Shipper(self._wire, instance, name, self._owner)
+        remote = RemoteLane(subscriber, shipper, self._capacity, self._publication, removal)
+        self._lanes[remote.assignment] = remote
+        return remote
+
+    def _choose(self, avoid: str | None) -> tuple[str, str] | None:
+        """The replica with the fewest lanes (name, instance), or None for this one."""
+        try:
+            roster = self._lease.roster()
+        except valkey.ValkeyError as exc:
+            log.warning("cannot read the roster, the lane stays here: %s", exc)
+            return None
+        held: dict[str, int] = {}
+        for lane in self._lanes.values():
+            held[lane.shipper.instance] = held.get(lane.shipper.instance, 0) + 1
+        load = {
+            (str(r["name"]), str(r["instance"])): held.get(str(r["instance"]), 0)
+            for r in roster
+            if r["role"] == "standby" and r.get("instance") not in (None, avoid, self._owner)
+        }
+        mine = sum(1 for lane in self._here if not lane.closed) + OWNER_EXTRA
+        best = min(load, key=load.__getitem__, default=None)
+        return None if best is None or load[best] > mine else best
+
+    def _hear_forever(self) -> None:
+        while True:
+            try:
+                entries = self._wire.outcomes(self._after, BLOCK_MS)
+            except valkey.ValkeyError as exc:
+                log.warning("cannot read the lanes' outcomes: %s", exc)
+                gevent.sleep(0.5)
+                continue
+            for entry_id, owner, ops in entries:
+                self._after = entry_id
+                if owner == self._owner:
+                    for op in ops:
+                        self._heard(op)
+
+    def _heard(self, op: Op) -> None:
+        lane = self._lanes.get(op[1])
+        if lane is None:
+            return  # a lane closed or moved since: its outcomes are not counted
+        if op[0] == "d":
+            lane.outcome(op[2], op[3])
+        elif op[0] == "r":
+            lane.removal.unsubscribe(lane.subscriber.id, op[2])
+        elif op[0] == "x":
+            self._move(lane, avoid=None)
+
+    def _watch_forever(self) -> None:
+        while True:
+            gevent.sleep(self._lease.seconds / 3)
+            for lane in [lane for lane in self._lanes.values() if lane.closed]:
+                self._lanes.pop(lane.assignment, None)
+            try:
+                roster = self._lease.roster()
+            except valkey.ValkeyError as exc:
+                log.warning("cannot read the roster: %s", exc)
+                continue
+            here = {r.get("instance") for r in roster if r["role"] != "unresponsive"}
+            for instance, shipper in list(self._shippers.items()):
+                if instance not in here:
+                    self._gone(shipper)
+
+    def _gone(self, shipper: Shipper) -> None:
+        log.warning("replica %s is gone: its lanes move", shipper.name)
+        self._shippers.pop(shipper.instance, None)
+        shipper.stop()
+        for lane in [lane for lane in self._lanes.values() if lane.shipper is shipper]:
+            self._move(lane, avoid=shipper.instance)
+        try:
+            self._wire.forget(shipper.instance)
+        except valkey.ValkeyError as exc:
+            log.warning("could not drop %s's work: %s", shipper.name, exc)
+
+    def _move(self, lane: RemoteLane, avoid: str | None) -> None:
+        self._lanes.pop(lane.assignment, None)
+        if lane.closed:
+            return
+        if lane.shipper.instance != avoid:
+            lane.shipper.add(["close", lane.assignment])
+        moved = self.open_lane(lane.subscriber, lane.removal, avoid=avoid)
+        log.info("lane of %s moves from %s to %s", lane.subscriber.id, lane.holder, moved.holder)
+        lane.move_to(moved)
+        lane.removal.replace(lane.subscriber.id, moved)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        gevent.killall(self._greenlets)
+        for shipper in self._shippers.values():
+            shipper.stop()

@@ -1,0 +1,151 @@
+"""The owner's lanes spread over the replicas (delegation.py, lane_host.py): real gunicorn
+brokers on a real valkey-server, one killed or paused while it delivers for the owner."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import gevent
+import gevent.event
+
+from groker_common.http import HttpPool
+from groker_common.testing import wait_until, worker_pid
+
+from .test_replicas import owner_and_standby
+
+LEASE = 2
+
+
+def subscribe(http: HttpPool, url: str, sinks: list[Any]) -> dict[str, Any]:
+    """Each sink subscribed through `url`; the sinks by subscriber id."""
+    by_id = {}
+    for sink in sinks:
+        status, subscribed = http.request_json(
+            "POST", f"{url}/subscriptions", {"callback": sink.url}
+        )
+        assert status == 201
+        by_id[subscribed["id"]] = sink
+    return by_id
+
+
+def holders(http: HttpPool, url: str) -> dict[str, str]:
+    """Which replica delivers to each subscriber, as the dashboard shows it."""
+    snapshot = http.request_json("GET", f"{url}/dashboard/snapshot")[1]
+    return {s["id"]: s["replica"] for s in snapshot["subscribers"]}
+
+
+def publish(http: HttpPool, url: str, n: int) -> int:
+    status, answer = http.request_json("POST", f"{url}/messages", {"body": n})
+    assert status == 202, answer
+    return answer["seq"]
+
+
+def test_the_owner_spreads_its_lanes_and_every_subscriber_gets_every_message_in_order(
+    valkey_server, make_sink, start_broker
+):
+    http = HttpPool()
+    try:
+        owner, standby = owner_and_standby(valkey_server, start_broker, lease_seconds=LEASE)
+        sinks = subscribe(http, standby.url, [make_sink() for _ in range(4)])
+        held = holders(http, owner.url)
+        assert sorted(held.values()) == ["first", "first", "second", "second"]
+        assert holders(http, standby.url) == held  # relayed: the owner's
+        seqs = [publish(http, (owner.url, standby.url)[n % 2], n) for n in range(30)]
+        assert seqs == list(range(1, 31))
+        # A sync publish is published once every replica's lanes have delivered it.
+        status, synced = http.request_json(
+            "POST", f"{owner.url}/messages", {"body": "sync", "mode": "sync"}
+        )
+        assert (status, synced["status"], synced["delivered"]) == (200, "published", 4)
+        for sink in sinks.values():
+            assert sink.seqs == list(range(1, 32))  # every one, once, in order
+        payloads = {sink.raw[0] for sink in sinks.values()}
+        assert len(payloads) == 1  # the same delivery, whichever replica made it
+        stats = http.request_json("GET", f"{owner.url}/stats")[1]
+        assert (stats["delivered"], stats["published"]) == (4 * 31, 31)
+        # Unsubscribed from a lane on the other replica: nothing more reaches it.
+        away = next(sid for sid, name in held.items() if name == "second")
+        assert http.request_json("DELETE", f"{standby.url}/subscriptions/{away}")[0] == 204
+        publish(http, owner.url, 99)
+        for sid, sink in sinks.items():
+            wait_until(lambda s=sink, sid=sid: len(s.seqs) == (31 if sid == away else 32))
+        gevent.sleep(0.3)
+        assert len(sinks[away].seqs) == 31
+    finally:
+        http.close()
+
+
+def test_the_lanes_of_a_killed_replica_move_and_every_message_still_arrives_in_order(
+    valkey_server, make_sink, start_broker
+):
+    http = HttpPool(concurrency=8)
+    try:
+        owner, standby = owner_and_standby(valkey_server, start_broker, lease_seconds=LEASE)
+        sinks = subscribe(http, owner.url, [make_sink() for _ in range(4)])
+        accepted: list[int] = []
+        stop = gevent.event.Event()
+
+        def load() -> None:
+            n = 0
+            while not stop.is_set():
+                accepted.append(publish(http, owner.url, n))
+                n += 1
+                gevent.sleep(0.02)
+
+        publishing = gevent.spawn(load)
+        gevent.sleep(1)
+        standby.process.send_signal(signal.SIGKILL)
+        killed_at = len(accepted)
+        gevent.sleep(LEASE * 2)
+        stop.set()
+        publishing.get()
+        assert len(accepted) > killed_at + 50  # publishing went on meanwhile
+        assert set(holders(http, owner.url).values()) == {"first"}
+        for sink in sinks.values():
+            wait_until(lambda s=sink: set(s.seqs) >= set(accepted), what="every message")
+            # In order; a repeat at most of what was out when the replica died.
+            assert sink.seqs == sorted(sink.seqs)
+            assert sorted(set(sink.seqs)) == accepted
+    finally:
+        http.close()
+
+
+def test_a_replica_paused_past_its_lease_delivers_nothing_more_for_the_lanes_it_lost(
+    valkey_server, make_sink, start_broker
+):
+    """Its lanes hold messages when it is paused (their subscribers hang); the owner moves
+    them and delivers those and newer ones; woken, it must not deliver the old ones again
+    after the newer ones."""
+    http = HttpPool()
+    try:
+        owner, standby = owner_and_standby(valkey_server, start_broker, lease_seconds=LEASE)
+        hang = gevent.event.Event()
+        sinks = subscribe(http, owner.url, [make_sink(hold=hang) for _ in range(2)])
+        away = [sinks[sid] for sid, name in holders(http, owner.url).items() if name == "second"]
+        assert len(away) == 1
+        hang.clear()
+        before = [publish(http, owner.url, n) for n in range(10)]
+        wait_until(lambda: away[0].hits == 1, what="the first delivery under way")
+        paused = worker_pid(standby.process.pid)
+        os.kill(paused, signal.SIGSTOP)
+        try:
+            hang.set()
+            wait_until(
+                lambda: set(holders(http, owner.url).values()) == {"first"},
+                timeout=LEASE * 3,
+                what="its lanes to move",
+            )
+            after = [publish(http, owner.url, n) for n in range(10, 20)]
+            wait_until(lambda: set(away[0].seqs) >= set(before + after), what="all delivered")
+        finally:
+            os.kill(paused, signal.SIGCONT)
+        seen = len(away[0].seqs)
+        gevent.sleep(LEASE + 0.5)  # woken, what would it deliver?
+        late = away[0].seqs[seen:]
+        assert late == [], f"delivered after waking, behind newer ones: {late}"
+        assert away[0].seqs == sorted(away[0].seqs)
+        assert sorted(set(away[0].seqs)) == before + after
+    finally:
+        http.close()
