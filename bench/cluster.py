@@ -9,12 +9,14 @@ replica, against the same broker on SQLite (the single broker), in the same run:
    delivered once) and per delivery (the fan-out run), and from them the messages/s one
    core of Valkey could take and how many replicas, each with a core of its own and
    taking publishes, it would take to get there;
-4. two replicas on the same Valkey against one (the same owner, the second idle), in the
-   same run: accept with the load tool's connections split over both against all on the
-   owner, and fan-out to 10 subscribers with the messages published half through each; and
-   accept through the second replica alone, which costs the owner only the intake and the
-   deliveries: its CPU per message there against a publish of its own is what replicas on
-   machines of their own would take off the owner.
+4. two replicas on the same Valkey against one, in the same run, alternating: the owner
+   alone (every subscriber's lane its own), then with a second replica started and the
+   subscribers subscribed anew, so that their lanes spread over both (delegation.py):
+   accept with the load tool's connections split over both against all on the lone owner,
+   and fan-out to 10 subscribers with the messages published half through each; and
+   accept through the second replica alone, which costs the owner only the intake (the one
+   subscriber's lane is the second's): its CPU per message there against a publish of its
+   own is what replicas on machines of their own would take off the owner.
 
 The two stores' runs alternate (accept and fan-out: three of each in the full run, the
 median kept; latency: a second per store in turn), since the ratio is what counts and
@@ -28,6 +30,7 @@ file the broker it is compared with writes."""
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -167,6 +170,10 @@ def accept_points(server: ValkeyServer, callback: str, short: bool) -> dict[str,
 
 # The ways the replicas' runs send their load: all to the owner, split over both, all to
 # the second replica.
+# The load tool's connections in the replicas' runs, over all replicas asked: more than the
+# other points' (load.CONNECTIONS), since a publish through a replica that does not own the
+# queue waits longer for its answer (inbox.py), and each connection waits for its answer.
+REPLICA_CONNECTIONS = int(os.environ.get("BENCH_REPLICA_CONNECTIONS", "96"))
 SPREADS = {"one": ("owner",), "two": ("owner", "second"), "second": ("second",)}
 
 
@@ -177,7 +184,7 @@ def spread_accept(
     """accept.measure over several replicas at once: the load tool's connections split
     over `to`, the queue's figures from the owner (they are the cluster's)."""
     owner = urls["owner"]
-    connections = load.CONNECTIONS // len(to)
+    connections = REPLICA_CONNECTIONS // len(to)
 
     def hammer(duration: int) -> list[dict[str, Any]]:
         runs = [gevent.spawn(load.hammer, f"{urls[name]}/messages", duration,
@@ -220,7 +227,7 @@ def spread_fanout(
     with meter(pids, server) as used:
         began = time.monotonic()
         runs = [gevent.spawn(load.publish_n, urls[name], m // len(to),
-                             concurrency=load.CONNECTIONS // len(to)) for name in to]  # fmt: skip
+                             concurrency=REPLICA_CONNECTIONS // len(to)) for name in to]  # fmt: skip
         gevent.joinall(runs, raise_error=True)
         sent = (m // len(to)) * len(to)
         target = before["delivered"] + sent * len(callbacks)
@@ -236,32 +243,60 @@ def spread_fanout(
     }
 
 
+def resubscribe(url: str, callbacks: list[str]) -> None:
+    """Exactly `callbacks` subscribed, each anew: the owner gives each new subscriber's lane
+    to the replica holding the fewest (delegation.py) among those there now."""
+    for subscriber in http.request_json("GET", f"{url}/subscriptions", timeout=10)[1][
+        "subscriptions"
+    ]:
+        http.request_json("DELETE", f"{url}/subscriptions/{subscriber['id']}", timeout=10)
+    subscribe_all(url, callbacks)
+
+
+def holders(url: str) -> list[str]:
+    """Which replica delivers to each subscriber."""
+    snapshot = http.request_json("GET", f"{url}/dashboard/snapshot", timeout=10)[1]
+    return sorted(s.get("replica", "") for s in snapshot["subscribers"])
+
+
 def replica_points(server: ValkeyServer, callbacks: list[str], short: bool) -> dict[str, Any]:
-    """Two replicas against one (the second one idle): accept, fan-out; alternating, the
-    median of each kept; and accept through the second replica alone, for the owner's CPU
-    per message it did not take itself."""
+    """Two replicas against one, alternating, the median of each kept: the owner alone
+    (every lane its own), then with the second replica started and the subscribers
+    subscribed anew (their lanes spread over both): accept, fan-out; and accept through the
+    second replica alone, for the owner's CPU per message it did not take itself."""
     seconds, warmup = accept.durations(short)
     m = fanout.messages(3 * fanout.deliveries(short), len(callbacks))
     out: dict[str, Any] = {"seconds": seconds, "subscribers": len(callbacks), "messages": m}
     accepted: dict[str, list[dict[str, Any]]] = {spread: [] for spread in SPREADS}
     fanned: dict[str, list[dict[str, Any]]] = {"one": [], "two": []}
-    with (
-        store_broker("valkey", server) as (owner, owner_pids),
-        store_broker("valkey", server, second=True) as (second, second_pids),
-    ):
-        urls = {"owner": owner, "second": second}
-        pids = {**owner_pids, "second": second_pids["broker"]}
-        subscribe_all(owner, callbacks[:1])
+    lanes: dict[str, list[str]] = {}
+    with store_broker("valkey", server) as (owner, owner_pids):
         for _ in range(1 if short else 3):
-            for spread, to in SPREADS.items():
-                accepted[spread].append(spread_accept(urls, to, seconds, warmup, pids, server))
-        subscribe_all(owner, callbacks)
-        for _ in range(1 if short else 3):
-            for spread in fanned:
-                fanned[spread].append(spread_fanout(urls, SPREADS[spread], callbacks, m, pids,
-                                                    server))  # fmt: skip
-        roster = http.request_json("GET", f"{second}/dashboard/snapshot", timeout=10)[1]
+            urls = {"owner": owner}
+            resubscribe(owner, callbacks[:1])
+            accepted["one"].append(
+                spread_accept(urls, SPREADS["one"], seconds, warmup, owner_pids, server)
+            )
+            resubscribe(owner, callbacks)
+            lanes["one"] = holders(owner)
+            fanned["one"].append(spread_fanout(urls, SPREADS["one"], callbacks, m, owner_pids,
+                                               server))  # fmt: skip
+            with store_broker("valkey", server, second=True) as (second, second_pids):
+                urls["second"] = second
+                pids = {**owner_pids, "second": second_pids["broker"]}
+                resubscribe(owner, callbacks[:1])
+                lanes["accept"] = holders(owner)
+                for spread in ("two", "second"):
+                    accepted[spread].append(
+                        spread_accept(urls, SPREADS[spread], seconds, warmup, pids, server)
+                    )
+                resubscribe(owner, callbacks)
+                lanes["two"] = holders(owner)
+                fanned["two"].append(spread_fanout(urls, SPREADS["two"], callbacks, m, pids,
+                                                   server))  # fmt: skip
+                roster = http.request_json("GET", f"{second}/dashboard/snapshot", timeout=10)[1]
     out["roles"] = sorted((r["name"], r["role"]) for r in roster["replicas"])
+    out["lanes"] = lanes
     out["accept"] = {spread: fanout.median(got) for spread, got in accepted.items()}
     out["fanout"] = {spread: fanout.median(got) for spread, got in fanned.items()}
     return out
