@@ -281,14 +281,26 @@ def cpu_seconds(pid: int) -> float:
 
 @contextlib.contextmanager
 def cpu_used(pids: Mapping[str, int]) -> Iterator[dict[str, float]]:
-    """CPU seconds each named process used inside the block, and the block's `wall_s`: the
-    dict yielded is filled in on leaving it."""
+    """CPU seconds each named process used inside the block, the whole machine's (`machine`:
+    every process, the load tool and the subscribers included) and the block's `wall_s`:
+    the dict yielded is filled in on leaving it."""
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    machine = machine_cpu_seconds()
     began = time.monotonic()
     used: dict[str, float] = {}
     yield used
     used.update({name: round(cpu_seconds(pid) - before[name], 3) for name, pid in pids.items()})
+    used["machine"] = round(machine_cpu_seconds() - machine, 3)
     used["wall_s"] = round(time.monotonic() - began, 3)
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds every core of this machine spent busy (/proc/stat: all but idle and
+    iowait) since it started."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    ticks = [int(f) for f in fields]
+    busy = sum(ticks[:8]) - ticks[3] - ticks[4]  # user nice system idle iowait irq softirq steal
+    return busy / CLOCK_TICKS
 
 
 def percentile(values: Sequence[float], p: float) -> float:

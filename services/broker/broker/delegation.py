@@ -36,6 +36,7 @@ from broker.storage.lease import OwnerLease
 log = logging.getLogger(__name__)
 
 BLOCK_MS = 1000
+HEAD_TRIES = 10
 # The owner's own load counts this many lanes more than it holds.
 OWNER_EXTRA = 0.5
 
@@ -212,8 +213,17 @@ class Delegation:
         self._shippers: dict[str, Shipper] = {}  # by instance
         self._here: weakref.WeakSet[Lane] = weakref.WeakSet()
         # Outcomes from before this owner began are not its own.
-        self._after = wire.outcomes_head()
+        self._after = self._head()
         self._greenlets = [gevent.spawn(self._hear_forever), gevent.spawn(self._watch_forever)]
+
+    def _head(self) -> str:
+        for _ in range(HEAD_TRIES - 1):
+            try:
+                return self._wire.outcomes_head()
+            except valkey.ValkeyError as exc:
+                log.warning("cannot read the lanes' outcomes yet: %s", exc)
+                gevent.sleep(0.5)
+        return self._wire.outcomes_head()
 
     def open_lane(
         self, subscriber: Subscriber, removal: Removal, avoid: str | None = None

@@ -11,6 +11,7 @@ another replica owns the queue (that one delivers again what was not published).
 from __future__ import annotations
 
 import logging
+import time
 
 import gevent
 import gevent.event
@@ -27,6 +28,10 @@ log = logging.getLogger(__name__)
 BLOCK_MS = 1000
 # Seconds between looks at this replica's presence and at who owns the queue.
 WATCH = 0.5
+# A delivery starts only if the owner of this replica's lanes was seen to own the queue
+# this recently: a new owner waits longer than that before it delivers (replica.py), so the
+# old one's lanes here start nothing after the new one's lanes have begun.
+CONFIRM = 0.1
 
 
 class Report:
@@ -50,12 +55,13 @@ class LaneHost:
     def __init__(self, wire: LaneWire, lease: OwnerLease, courier: Courier, capacity: int) -> None:
         self._wire = wire
         self._lease = lease
-        courier.fence(self._present)
+        courier.fence(self._may_deliver)
         self._courier = courier
         self._capacity = capacity
         self._lanes: dict[str, Lane] = {}  # by assignment
         self._owner: str | None = None  # whose lanes they are
         self._lapses = lease.lapses
+        self._confirmed_at = 0.0
         self._outcomes: list[Op] = []
         self._wakeup = gevent.event.Event()
         self._greenlets: list[gevent.Greenlet] = []
@@ -73,6 +79,22 @@ class LaneHost:
 
     def _present(self) -> bool:
         return self._lease.present() and self._lease.lapses == self._lapses
+
+    def _may_deliver(self) -> bool:
+        """Whether a hosted lane may make a delivery now: this replica is present, and the
+        owner it delivers for owned the queue within CONFIRM."""
+        if not self._present():
+            return False
+        now = time.monotonic()
+        if now - self._confirmed_at < CONFIRM:
+            return True
+        try:
+            if self._lease.owner_token() != self._owner:
+                return False
+        except valkey.ValkeyError:
+            return False
+        self._confirmed_at = now
+        return True
 
     def report(self, op: Op) -> None:
         self._outcomes.append(op)
@@ -96,12 +118,13 @@ class LaneHost:
         instance = self._lease.token
         after = "0-0"
         while True:
-            lapses = self._lease.lapses
             try:
                 entries = self._wire.work(instance, after, BLOCK_MS)
+                self._notice_lapse()
                 for entry_id, owner, ops in entries:
-                    # Read before a lapse, it may be the owner's work no more.
-                    if self._present() and lapses == self._lease.lapses and self._for(owner):
+                    if not self._present():
+                        self._give_back(owner, ops)
+                    elif self._for(owner):
                         for op in ops:
                             self._apply(op)
                     after = entry_id
@@ -110,6 +133,21 @@ class LaneHost:
             except valkey.ValkeyError as exc:
                 log.warning("cannot read this replica's lanes: %s", exc)
                 gevent.sleep(0.5)
+
+    def _give_back(self, owner: str, ops: list[Op]) -> None:
+        """Work this replica cannot take now (silent too long, as far as the owner can
+        tell): the owner moves those lanes, to this one again if it is back by then."""
+        assignments = {op[1] for op in ops if op[0] == "open"}
+        assignments.update(a for op in ops if op[0] == "msg" for a in op[-1])
+        if assignments:
+            self._wire.report(owner, [["x", assignment] for assignment in sorted(assignments)])
+
+    def _notice_lapse(self) -> None:
+        """Back after a silence past the lease: every lane held from before goes back."""
+        if self._lease.lapses != self._lapses and self._lease.present():
+            log.warning("this replica was silent past its lease: it gives its lanes back")
+            self.clear(undelivered=True)
+            self._lapses = self._lease.lapses
 
     def _for(self, owner: str) -> bool:
         """Whether work from `owner` is to be done: it is the owner of the queue."""
@@ -161,10 +199,11 @@ class LaneHost:
     def _watch_forever(self) -> None:
         while True:
             gevent.sleep(WATCH)
-            if self._lease.lapses != self._lapses:
-                log.warning("this replica was silent past its lease: it drops its lanes")
-                self.clear(undelivered=True)
-                self._lapses = self._lease.lapses
+            self._notice_lapse()
+            for assignment, lane in list(self._lanes.items()):
+                if lane.ended:  # refused a delivery (fence): the owner moves it, if still one
+                    del self._lanes[assignment]
+                    self.report(["x", assignment])
             if not self._lanes:
                 continue
             try:

@@ -73,6 +73,12 @@ class Lane:
         return described
 
     @property
+    def ended(self) -> bool:
+        """Its greenlet is over: it delivers nothing more (a delivery it was not allowed to
+        make ends it, delivery.Courier.fence)."""
+        return self._greenlet.dead
+
+    @property
     def busy(self) -> bool:
         return bool(self._current) or not self._queue.empty()
 

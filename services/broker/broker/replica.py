@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 # Seconds between looks at the store's soundness while owning: a store that is not sound
 # refuses every write, so this bounds only how long publishers get 503 before the handover.
 SOUNDNESS_CHECK = 0.1
+# Seconds a new owner waits before it starts (at most a fifth of the lease).
+HANDOVER_PAUSE = 0.3
 
 
 class Replica:
@@ -65,6 +67,10 @@ class Replica:
 
     def _own(self, lease: OwnerLease) -> None:
         lease.acquire()
+        # The previous owner's lanes on other replicas stop within lane_host.CONFIRM of
+        # its loss: nothing is delivered before then, so that no subscriber gets a message
+        # from this owner's lanes before an older one from theirs.
+        gevent.sleep(min(HANDOVER_PAUSE, lease.seconds / 5))
         self._activate(lease.token)
         assert self.broker is not None
         keeping = gevent.spawn(lease.keep)  # returns once the lease is lost

@@ -301,23 +301,26 @@ def test_through_sentinel_every_acknowledged_write_survives_the_primary_killed(t
         drain_timeout=1,
     )
     try:
-        poll(lambda: _replicas_of(primary) == 1, timeout=30, what="the replica to follow")
+        poll(lambda: _follows(replica, primary), timeout=30, what="the replica to sync")
+        poll(lambda: _sentinel_knows(sentinel, replica), timeout=30, what="the Sentinel")
         first = build_broker(replicated)
         first.start()
         sent = [first.publish_once(f"k{n}", {"n": n})[0] for n in range(20)]
         primary.kill()
-        poll(lambda: sentinel.primary_port() == replica.port, timeout=30, what="the failover")
+        poll(lambda: _settled_on(sentinel, replica), timeout=30, what="the failover to end")
         with pytest.raises(StoreError):
             first.publish_once("k20", {"n": 20})
         assert not first.store.sound
         first.stop()
 
-        primary.replica_of = replica  # back, and told by the Sentinel to follow the new one
+        primary.replica_of = replica  # back, as a replica of the new primary
         primary.start()
-        poll(lambda: _replicas_of(replica) == 1, timeout=30, what="the old primary to follow")
-        # The Sentinel may still be settling the old primary's return (it answered "no
-        # master" once, in a busy CI run): start over only once it names a sound one.
-        poll(lambda: _primary_found(replicated), timeout=30, what="the Sentinel to settle")
+        poll(lambda: _follows(primary, replica), timeout=30, what="the old primary to sync")
+        poll(
+            lambda: _settled_on(sentinel, replica) and _writable(replicated, replica),
+            timeout=30,
+            what="the Sentinel to name a writable primary",
+        )
         second = build_broker(replicated)
         second.start()
         try:
@@ -332,21 +335,67 @@ def test_through_sentinel_every_acknowledged_write_survives_the_primary_killed(t
             process.stop()
 
 
-def _replicas_of(server: ValkeyProcess) -> int:
-    with server.client() as client:
-        info = client.info("replication")
-    return sum(
-        1
-        for name, value in info.items()
-        if name.startswith("slave") and isinstance(value, dict) and value["state"] == "online"
+def _follows(replica: ValkeyProcess, primary: ValkeyProcess) -> bool:
+    """Whether `replica` has loaded `primary`'s data and has acknowledged all its stream,
+    so that WAITAOF can count it. The primary calls a replica "online" as soon as it has
+    sent the snapshot, a second or more before the replica has loaded it (its link still
+    down): a write then waits in WAITAOF for that load."""
+    with replica.client() as client:
+        mine = client.info("replication")
+    with primary.client() as client:
+        theirs = client.info("replication")
+    if mine["role"] != "slave" or mine.get("master_port") != primary.port:
+        return False
+    if mine.get("master_link_status") != "up" or mine.get("master_sync_in_progress") != 0:
+        return False
+    return any(
+        value["port"] == replica.port
+        and value["state"] == "online"
+        and value["offset"] == theirs["master_repl_offset"]
+        for name, value in theirs.items()
+        if name.startswith("slave") and isinstance(value, dict)
     )
 
 
-def _primary_found(settings: BrokerSettings) -> bool:
-    """Whether the Sentinels name a primary that answers, as a broker would reach it."""
+def _sentinel(sentinel: SentinelProcess) -> valkey.Valkey:
+    return valkey.Valkey(port=sentinel.port, decode_responses=True, socket_timeout=2)
+
+
+def _sentinel_knows(sentinel: SentinelProcess, replica: ValkeyProcess) -> bool:
+    """Whether the Sentinel has found `replica` (in the primary's INFO, which it reads every
+    10 s) and reaches it: else a primary killed now leaves it nothing to promote."""
+    with _sentinel(sentinel) as client:
+        replicas = client.sentinel_slaves(SentinelProcess.SERVICE)
+    return any(r["port"] == replica.port and r["flags"] == "slave" for r in replicas)
+
+
+def _settled_on(sentinel: SentinelProcess, server: ValkeyProcess) -> bool:
+    """Whether the Sentinel is done failing over to `server` and has heard from it since.
+    It names the promoted replica (GET-MASTER-ADDR-BY-NAME) before its failover ends; and at
+    the end it drops its link and may wait up to 1 s (its ping period) to reconnect, while
+    down-after-milliseconds is 500: it may call the new primary down for a moment, a broker
+    then finding "No master found", and an old primary back by then being promoted in its
+    place. last-ping-sent, set at that reset, goes back to 0 only once a ping is answered."""
+    with _sentinel(sentinel) as client:
+        state = client.sentinel_master(SentinelProcess.SERVICE)
+    return (
+        state["port"] == server.port
+        and state["flags"] == "master"  # no s_down, o_down, failover, disconnected
+        and state["role-reported"] == "master"
+        and state["last-ping-sent"] == 0
+    )
+
+
+def _writable(settings: BrokerSettings, server: ValkeyProcess) -> bool:
+    """Whether the Sentinels name `server`, as a broker would reach it, and it takes a write
+    as a primary."""
     client = ValkeyTarget.from_settings(settings).client(2, 2)
     try:
-        return bool(client.ping())
+        if client.info("server")["tcp_port"] != server.port:
+            return False
+        if client.execute_command("ROLE")[0] != "master":
+            return False
+        return bool(client.set("probe", "written"))  # outside the broker's {groker} keys
     except valkey.ValkeyError:
         return False
     finally:

@@ -50,7 +50,7 @@ from broker.errors import StoreError
 from broker.model import Message, Subscriber
 from broker.storage.group_commit import GroupCommit
 from broker.storage.index import QueueIndex, ServedFromIndex
-from broker.storage.valkey_client import ValkeyTarget
+from broker.storage.valkey_client import ValkeyTarget, release
 
 if TYPE_CHECKING:
     from broker.settings import BrokerSettings
@@ -180,7 +180,7 @@ class ValkeyStore(ServedFromIndex):
         try:
             self._load()
         except Exception as exc:
-            self._writer.close(release=self._client.close)
+            self._writer.close(release=lambda: release(self._client))
             raise StoreError(f"cannot load from Valkey at {target}: {exc}") from exc
 
     @classmethod
@@ -332,7 +332,7 @@ class ValkeyStore(ServedFromIndex):
 
     def close(self) -> None:
         """Write what is pending (finishing a batch under way first), then disconnect."""
-        self._writer.close(release=self._client.close)
+        self._writer.close(release=lambda: release(self._client))
 
 
 def _row(message: Message) -> str:

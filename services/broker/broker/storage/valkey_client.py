@@ -56,6 +56,15 @@ class ValkeyTarget:
         return sentinel.master_for(self.service, **options)
 
 
+def release(client: valkey.Valkey) -> None:
+    """Close a client's connections, those it made to the Sentinels to find the primary
+    too (its own close() leaves them to the garbage collector)."""
+    client.close()
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", ()):
+        sentinel.close()
+
+
 def _address(sentinel: str) -> tuple[str, int]:
     host, _, port = sentinel.rpartition(":")
     if not host or not port.isdigit():
