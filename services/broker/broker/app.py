@@ -137,9 +137,13 @@ class Cluster:
         self.intake = Intake(broker, self.inbox, cast(ValkeyStore, broker.store))
         self.intake.start()
 
-    def stop(self) -> None:
+    def stop_intake(self) -> None:
         if self.intake is not None:
             self.intake.stop()
+
+    def stop(self) -> None:
+        """After the broker's stop: until then its lanes here and elsewhere may still be
+        delivering what it handed them, and their outcomes must be heard."""
         if self.delegation is not None:
             self.delegation.stop()
         self.host.stop()
@@ -199,8 +203,10 @@ def create_app(settings: BrokerSettings | None = None) -> Flask:
 
     def stop() -> None:
         if cluster is not None:
-            cluster.stop()
+            cluster.stop_intake()
         replica.stop()
+        if cluster is not None:
+            cluster.stop()
 
     app.extensions["groker_on_exit"] = stop
 

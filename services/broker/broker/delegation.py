@@ -251,7 +251,8 @@ class Delegation:
             return None
         held: dict[str, int] = {}
         for lane in self._lanes.values():
-            held[lane.shipper.instance] = held.get(lane.shipper.instance, 0) + 1
+            if not lane.closed:
+                held[lane.shipper.instance] = held.get(lane.shipper.instance, 0) + 1
         load = {
             (str(r["name"]), str(r["instance"])): held.get(str(r["instance"]), 0)
             for r in roster

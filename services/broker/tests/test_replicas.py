@@ -361,7 +361,13 @@ def test_a_publish_taken_while_no_replica_owns_the_queue_waits_in_the_inbox(
         intake.start()
         sink = make_sink()
         broker.subscribe(sink.url)
-        wait_until(lambda: broker.message(refused.value.ids[0]) is not None, what="the intake")
+
+        def taken_in() -> bool:
+            # Durable, not only sequenced: a retry before its write is done is refused (409).
+            message = broker.message(refused.value.ids[0])
+            return message is not None and broker.store.durable(message)
+
+        wait_until(taken_in, what="the intake")
         message, replayed = acceptor.publish_once("k-1", {"n": 1})
         assert (message.id, message.seq, replayed) == (refused.value.ids[0], 1, True)
         # Published once a subscriber is there: the held message, then a sync one, waited
