@@ -226,8 +226,9 @@ def spread_fanout(
     before = http_stats(owner)
     with meter(pids, server) as used:
         began = time.monotonic()
-        runs = [gevent.spawn(load.publish_n, urls[name], m // len(to),
-                             concurrency=REPLICA_CONNECTIONS // len(to)) for name in to]  # fmt: skip
+        each = REPLICA_CONNECTIONS // len(to)
+        runs = [gevent.spawn(load.publish_n, urls[name], m // len(to), concurrency=each)
+                for name in to]  # fmt: skip
         gevent.joinall(runs, raise_error=True)
         sent = (m // len(to)) * len(to)
         target = before["delivered"] + sent * len(callbacks)

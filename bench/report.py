@@ -4,6 +4,7 @@ JSON, and the fan-out chart."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,25 @@ def memory_rows(r: dict[str, Any]) -> list[Row]:
              f"{ratio(per, base):.2f}", notes)]  # fmt: skip
 
 
+def _lane_of(reps: dict[str, Any], point: str) -> str:
+    """Which replica held the subscribers' lanes in a point of the replicas' runs."""
+    held = reps.get("lanes", {}).get(point, [])
+    return ", ".join(f"{held.count(name)} on {name}" for name in sorted(set(held))) or "?"
+
+
+def _machine(two: dict[str, Any], one: dict[str, Any], count: str = "accepted",
+             unit: str = "msg") -> str:  # fmt: skip
+    """The whole machine's CPU per item in both runs (every process: the replicas, Valkey,
+    the load tool, the subscribers), and the rate that would fill every core at it."""
+    cores = os.cpu_count() or 1
+    per = [run["cost"].get("machine", 0) / run[count] * 1e6 for run in (two, one)]
+    if not all(per):
+        return "machine CPU not measured"
+    bound = [cores / (p / 1e6) for p in per]
+    return (f"machine CPU/{unit} {per[0]:,.0f} µs (one: {per[1]:,.0f}), so {cores} cores "
+            f"busy at {bound[0]:,.0f} {unit}/s (one: {bound[1]:,.0f})")  # fmt: skip
+
+
 def _target(met: bool) -> str:
     return "met" if met else "MISSED"
 
@@ -152,26 +172,29 @@ def cluster_rows(r: dict[str, Any]) -> list[Row]:
     reps = r["replicas"]
     one, two, via = reps["accept"]["one"], reps["accept"]["two"], reps["accept"]["second"]
     notes = (f"target >= 1.3: {_target(two['rate'] >= 1.3 * one['rate'])}; "
-             f"{two['connections']} connections to each; runs {two['samples']} (one "
+             f"{two['connections']} connections to each (one: {one['connections']}); the one "
+             f"subscriber's lane on {_lane_of(reps, 'accept')}; runs {two['samples']} (one "
              f"{one['samples']}); CPU s over the run: owner {two['cost']['broker']}, second "
              f"{two['cost']['second']}, valkey {two['cost']['valkey']} (one replica: "
-             f"{one['cost']['broker']}, {one['cost']['valkey']}); non-2xx "
-             f"{two['non_2xx']}")  # fmt: skip
+             f"{one['cost']['broker']}, {one['cost']['valkey']}); {_machine(two, one)}; "
+             f"non-2xx {two['non_2xx']}")  # fmt: skip
     case = "accept, 2 replicas vs 1"
     rows.append(_row("cluster", case, two["rate"], one["rate"], "msg/s", notes))
-    notes = (f"every publish to the second replica, the owner sequencing and delivering; "
-             f"runs {via['samples']}; non-2xx {via['non_2xx']}")  # fmt: skip
+    notes = (f"every publish to the second replica, the owner sequencing, the second "
+             f"delivering; runs {via['samples']}; non-2xx {via['non_2xx']}")  # fmt: skip
     case = "accept, all through the 2nd replica"
     rows.append(_row("cluster", case, via["rate"], one["rate"], "msg/s", notes))
     f1, f2 = reps["fanout"]["one"], reps["fanout"]["two"]
     notes = (f"target >= 1.3: {_target(f2['rate'] >= 1.3 * f1['rate'])}; half the messages "
-             f"published through each; M={f2['messages']:,}; runs {f2['samples']} (one "
-             f"{f1['samples']}); failed {f2['failed']}")  # fmt: skip
+             f"published through each; lanes {_lane_of(reps, 'two')}; M={f2['messages']:,}; "
+             f"runs {f2['samples']} (one {f1['samples']}); "
+             f"{_machine(f2, f1, 'deliveries', 'dlv')}; failed {f2['failed']}")  # fmt: skip
     case = f"fan-out N={reps['subscribers']}, 2 replicas vs 1"
     rows.append(_row("cluster", case, f2["rate"], f1["rate"], "dlv/s", notes))
     owner = cost["owner_cpu_us_per_message"]
     notes = (f"the owner's worker, the message published through the second replica "
-             f"(intake, deliveries) against one published to it; the second replica's "
+             f"(intake; the second delivers) against one published to it and delivered; "
+             f"the second replica's "
              f"worker: {owner['that_replica']:,} µs/message")  # fmt: skip
     case = "CPU/message, owner, via a replica"
     rows.append(_row("cluster", case, owner["through_another_replica"], owner["own_publish"],
