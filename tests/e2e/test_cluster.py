@@ -552,6 +552,14 @@ def test_a_killed_replica_that_delivers_for_the_owner_loses_nothing(cluster: Sys
     held = lanes_off(system, owner)
     victim = next(iter(held.values()))
     moved = [callback for callback, holder in held.items() if holder == victim]
+    load = system.server_stats()
+    try:
+        lane_holder_killed(system, owner, victim, moved)
+    finally:  # the load the tests after this one expect
+        system.set_rate(load["rate"], sync_ratio=load["sync_ratio"])
+
+
+def lane_holder_killed(system: System, owner: str, victim: str, moved: list[str]) -> None:
     first_n = start_load(system)
     system.docker("kill", "-s", "KILL", container_of(system, victim))
     killed_at = time.monotonic()
