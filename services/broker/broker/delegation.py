@@ -28,7 +28,7 @@ import gevent.event
 import valkey
 
 from broker.lane_wire import LaneWire, Op, message_op, open_op
-from broker.lanes import Lane
+from broker.lanes import BaseLane, Lane
 from broker.model import Message, Subscriber
 from broker.publication import Publication
 from broker.storage.lease import OwnerLease
@@ -95,7 +95,7 @@ class Shipper:
         self._greenlet.kill(block=False)
 
 
-class RemoteLane:
+class RemoteLane(BaseLane):
     """A lane whose deliveries another replica makes: to the dispatcher, the registry and
     the dashboard it is a lane like any other."""
 
@@ -107,20 +107,16 @@ class RemoteLane:
         publication: Publication,
         removal: Removal,
     ) -> None:
-        self.subscriber = subscriber
+        super().__init__(subscriber, publication)
         self.assignment = f"{subscriber.id}/{uuid.uuid4().hex[:8]}"
         self.shipper = shipper
         self.holder = shipper.name
         self.removal = removal
         self._capacity = capacity
-        self._publication = publication
         self._pending: dict[int, Message] = {}  # shipped, outcome not in yet
         self._room = gevent.event.Event()
         self._room.set()
-        self.closed = False
         self.moved: Lane | RemoteLane | None = None
-        self.delivered = 0
-        self.failed = 0
         shipper.add(open_op(self.assignment, subscriber))
 
     @property
@@ -130,15 +126,6 @@ class RemoteLane:
     @property
     def busy(self) -> bool:
         return bool(self._pending)
-
-    def describe(self) -> dict[str, object]:
-        return {
-            **self.subscriber.describe(),
-            "backlog": self.backlog,
-            "delivered": self.delivered,
-            "failed": self.failed,
-            "replica": self.holder,
-        }
 
     def put(self, message: Message) -> None:
         """Ship a message; blocks while `capacity` are out."""
@@ -181,13 +168,6 @@ class RemoteLane:
         self.moved = lane
         self.closed = True
         self._room.set()
-
-    def _resolve(self, message: Message, delivered: bool) -> None:
-        if delivered:
-            self.delivered += 1
-        else:
-            self.failed += 1
-        self._publication.record(message, self.subscriber.id, delivered)
 
 
 class Delegation:

@@ -29,36 +29,23 @@ class Removal(Protocol):
     def unsubscribe(self, subscriber_id: str, reason: str | None = None) -> bool: ...
 
 
-class Lane:
-    """Delivers one subscriber's messages in the order they were put, one (or one batch) at
-    a time, and reports each outcome to the publication; gives up on the subscriber (and
-    asks for its removal) when a delivery fails for good."""
+class BaseLane:
+    """What every lane is, wherever its deliveries are made (here, or on another replica:
+    delegation.RemoteLane): its subscriber, its counts, and where it reports outcomes."""
 
     # In a cluster: the replica that delivers (delegation.py), shown on the dashboard.
     holder = ""
 
-    def __init__(
-        self,
-        subscriber: Subscriber,
-        courier: Courier,
-        capacity: int,
-        publication: Publication,
-        removal: Removal,
-    ) -> None:
+    def __init__(self, subscriber: Subscriber, publication: Publication) -> None:
         self.subscriber = subscriber
-        self._courier = courier
         self._publication = publication
-        self._removal = removal
-        self._queue: gevent.queue.Queue[Message] = gevent.queue.Queue(capacity)
-        self._current: list[Message] = []  # the POST under way
         self.closed = False
         self.delivered = 0
         self.failed = 0
-        self._greenlet = gevent.spawn(self._run)
 
     @property
     def backlog(self) -> int:
-        return self._queue.qsize()
+        raise NotImplementedError
 
     def describe(self) -> dict[str, object]:
         """The subscriber and how its lane is doing, for the dashboard."""
@@ -71,6 +58,38 @@ class Lane:
         if self.holder:
             described["replica"] = self.holder
         return described
+
+    def _resolve(self, message: Message, delivered: bool) -> None:
+        if delivered:
+            self.delivered += 1
+        else:
+            self.failed += 1
+        self._publication.record(message, self.subscriber.id, delivered)
+
+
+class Lane(BaseLane):
+    """Delivers one subscriber's messages in the order they were put, one (or one batch) at
+    a time, and reports each outcome to the publication; gives up on the subscriber (and
+    asks for its removal) when a delivery fails for good."""
+
+    def __init__(
+        self,
+        subscriber: Subscriber,
+        courier: Courier,
+        capacity: int,
+        publication: Publication,
+        removal: Removal,
+    ) -> None:
+        super().__init__(subscriber, publication)
+        self._courier = courier
+        self._removal = removal
+        self._queue: gevent.queue.Queue[Message] = gevent.queue.Queue(capacity)
+        self._current: list[Message] = []  # the POST under way
+        self._greenlet = gevent.spawn(self._run)
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
 
     @property
     def ended(self) -> bool:
@@ -115,13 +134,6 @@ class Lane:
             except gevent.queue.Empty:
                 return
             self._resolve(message, delivered=False)
-
-    def _resolve(self, message: Message, delivered: bool) -> None:
-        if delivered:
-            self.delivered += 1
-        else:
-            self.failed += 1
-        self._publication.record(message, self.subscriber.id, delivered)
 
     def _next(self) -> list[Message]:
         """The next message, or for a batch subscriber the next batch (blocks until one)."""
