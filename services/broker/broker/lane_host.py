@@ -6,7 +6,11 @@ Its lanes are the owner's, and only while this replica is known to be here: ever
 says so each third of a lease (storage/lease.py), and the owner moves the lanes of one
 silent for a lease. So a replica that went silent that long (paused, cut off) drops every
 lane it held, undelivered (`x`), and delivers nothing more on their account; as it does when
-another replica owns the queue (that one delivers again what was not published)."""
+another replica owns the queue (that one delivers again what was not published).
+
+One window is left: work read in the moment between the owner finding this replica silent
+and its dropping this replica's work stream (one step of one greenlet) may open a lane the
+owner has moved already; its subscriber then gets repeats, and its outcomes are ignored."""
 
 from __future__ import annotations
 
