@@ -42,15 +42,18 @@ function render(snapshot) {
 
   record(snapshot.time, stats);
   drawRates();
-  // The replica alone or owning the queue holds every lane; a standby takes publishes but
-  // holds no lane until it takes over (an unresponsive one: killed or frozen).
-  const holding = (role) => (role === "owner" || role === "alone" ? `all ${stats.subscribers}` : "none");
+  // Each subscriber's lane names the replica that delivers for it; a broker alone holds
+  // every lane (its subscribers name none).
+  const holding = (r) =>
+    r.role === "alone"
+      ? stats.subscribers
+      : snapshot.subscribers.filter((s) => s.replica === r.name).length;
   fill(
     "replicas",
     (snapshot.replicas ?? []).map((r) => [
       [r.name, r.name === stats.replica ? "mono this" : "mono"],
       [r.role],
-      [holding(r.role)],
+      [holding(r), "num"],
       [`${r.seen_ago.toFixed(1)} s ago`, "num"],
     ]),
     "no replica has reported",
@@ -59,6 +62,7 @@ function render(snapshot) {
     "subscribers",
     snapshot.subscribers.map((s) => [
       [s.callback, "mono"],
+      [s.replica ?? "", "mono"],
       [s.backlog, "num"],
       [s.delivered, "num"],
       [s.failed, s.failed ? "num failed" : "num"],
