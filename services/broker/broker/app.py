@@ -113,7 +113,7 @@ class Cluster:
         self.delegation: Delegation | None = None
 
     def delegate(
-        self, token: str | None
+        self, token: str
     ) -> Callable[[Callable[..., Lane], Publication], Callable[..., Lane]]:
         """How the broker owning with `token` opens its lanes: here or on other replicas."""
 
@@ -121,7 +121,7 @@ class Cluster:
             self.delegation = Delegation(
                 LaneWire(self._target, self._settings.valkey_prefix),
                 self.lease,
-                token or self.lease.token,
+                token,
                 local,
                 publication,
                 self._settings.lane_capacity,
@@ -170,7 +170,7 @@ def create_app(settings: BrokerSettings | None = None) -> Flask:
             metrics=metrics,
             owner_token=token,
             announce=None if cluster is None else cluster.announcer,
-            delegate=None if cluster is None else cluster.delegate(token),
+            delegate=None if cluster is None or token is None else cluster.delegate(token),
         ),
         None if cluster is None else cluster.lease,
         on_active=activate,

@@ -26,6 +26,7 @@ from typing import Protocol
 import gevent
 import gevent.event
 import valkey
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from broker.lane_wire import LaneWire, Op, message_op, open_op
 from broker.lanes import BaseLane, Lane
@@ -197,13 +198,13 @@ class Delegation:
         self._greenlets = [gevent.spawn(self._hear_forever), gevent.spawn(self._watch_forever)]
 
     def _head(self) -> str:
-        for _ in range(HEAD_TRIES - 1):
-            try:
-                return self._wire.outcomes_head()
-            except valkey.ValkeyError as exc:
-                log.warning("cannot read the lanes' outcomes yet: %s", exc)
-                gevent.sleep(0.5)
-        return self._wire.outcomes_head()
+        return Retrying(
+            stop=stop_after_attempt(HEAD_TRIES),
+            wait=wait_fixed(0.5),
+            retry=retry_if_exception_type(valkey.ValkeyError),
+            sleep=gevent.sleep,
+            reraise=True,
+        )(self._wire.outcomes_head)
 
     def open_lane(
         self, subscriber: Subscriber, removal: Removal, avoid: str | None = None

@@ -36,7 +36,7 @@ from gevent.threadpool import ThreadPool
 
 from broker.model import Item, Message, Mode
 from broker.schemas import MessageStatus
-from broker.storage.valkey_client import ValkeyTarget
+from broker.storage.valkey_client import StreamReader, ValkeyTarget
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,7 @@ class Inbox:
         self._outcomes = f"{{{prefix}}}:outcomes"
         # Clients connect lazily: the waiting ones on their threads.
         self._client = target.client(SOCKET_TIMEOUT, 2.0)
-        self._reader = target.client(SOCKET_TIMEOUT + 5, 2.0)
-        self._reading = ThreadPool(1)
+        self._reader = StreamReader(target, SOCKET_TIMEOUT + 5, READ_COUNT)
         self._listener = target.client(SOCKET_TIMEOUT, 2.0)
         self._listening = ThreadPool(1)
         self._pubsub: Any = None  # the listening thread's subscription
@@ -125,13 +124,9 @@ class Inbox:
 
     def read(self, after: str, block_ms: int) -> list[Entry]:
         """Entries after `after` ("0-0": every one), waiting up to `block_ms` for one."""
-        got = self._reading.apply(
-            self._reader.xread, ({self.stream: after},), {"count": READ_COUNT, "block": block_ms}
-        )
         return [
             Entry.decode(entry_id, fields["e"])
-            for _, entries in got or []
-            for entry_id, fields in entries
+            for entry_id, fields in self._reader.read(self.stream, after, block_ms)
         ]
 
     def answer_key(self, first_id: str) -> str:
@@ -191,6 +186,5 @@ class Inbox:
 
     def close(self) -> None:
         self._client.close()
-        self._reading.apply(self._reader.close)
-        self._reading.kill()
+        self._reader.close()
         self._listening.kill()

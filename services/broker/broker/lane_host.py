@@ -181,9 +181,7 @@ class LaneHost:
                 report,  # type: ignore[arg-type]
             )
         elif kind == "close":
-            lane = self._lanes.pop(op[1], None)
-            if lane is not None:
-                lane.abandon()
+            self.drop(op[1])
 
     def _report_forever(self) -> None:
         while True:

@@ -19,10 +19,8 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from gevent.threadpool import ThreadPool
-
 from broker.model import Message, Subscriber
-from broker.storage.valkey_client import ValkeyTarget
+from broker.storage.valkey_client import StreamReader, ValkeyTarget
 
 SOCKET_TIMEOUT = 10.0
 # Entries read at once.
@@ -72,8 +70,7 @@ def message_of(op: Op) -> tuple[Message, list[str]]:
 
 
 class LaneWire:
-    """Both ends' calls. The blocking read runs on a thread of its own, with a connection
-    used there only, as the inbox's does (inbox.py): waiting on it holds up no greenlet."""
+    """Both ends' calls; the blocking reads through a StreamReader, as the inbox's."""
 
     def __init__(self, target: ValkeyTarget | str, prefix: str) -> None:
         if isinstance(target, str):
@@ -81,8 +78,7 @@ class LaneWire:
         self._work = f"{{{prefix}}}:lanes:"
         self._outcomes = f"{{{prefix}}}:lane-outcomes"
         self._client = target.client(SOCKET_TIMEOUT, 2.0)
-        self._reader = target.client(SOCKET_TIMEOUT + 5, 2.0)
-        self._reading = ThreadPool(1)
+        self._reader = StreamReader(target, SOCKET_TIMEOUT + 5, READ_COUNT)
 
     def ship(self, instance: str, owner: str, ops: list[Op]) -> None:
         key = self._work + instance
@@ -120,16 +116,11 @@ class LaneWire:
         return self._read(self._outcomes, after, block_ms)
 
     def _read(self, key: str, after: str, block_ms: int) -> list[Entry]:
-        got = self._reading.apply(
-            self._reader.xread, ({key: after},), {"count": READ_COUNT, "block": block_ms}
-        )
         return [
-            (str(entry_id), fields["o"], json.loads(fields["w"]))
-            for _, entries in got or []
-            for entry_id, fields in entries
+            (entry_id, fields["o"], json.loads(fields["w"]))
+            for entry_id, fields in self._reader.read(key, after, block_ms)
         ]
 
     def close(self) -> None:
         self._client.close()
-        self._reading.apply(self._reader.close)
-        self._reading.kill()
+        self._reader.close()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import valkey
+from gevent.threadpool import ThreadPool
 from valkey.connection import SSLConnection, parse_url
 from valkey.sentinel import Sentinel
 
@@ -54,6 +55,29 @@ class ValkeyTarget:
             socket_timeout=timeout,
         )
         return sentinel.master_for(self.service, **options)
+
+
+class StreamReader:
+    """Blocking reads of Valkey streams (XREAD BLOCK) on a thread of their own, with a
+    connection made and used there only: a greenlet waiting on one holds up no other,
+    whether or not sockets are monkey-patched (the tests' processes are not)."""
+
+    def __init__(self, target: ValkeyTarget, timeout: float, count: int) -> None:
+        self._client = target.client(timeout, 2.0)
+        self._thread = ThreadPool(1)
+        self._count = count
+
+    def read(self, key: str, after: str, block_ms: int) -> list[tuple[str, dict[str, str]]]:
+        """Entries of `key` after `after` ("0-0": every one), waiting up to `block_ms` for
+        one: (id, fields) each."""
+        got = self._thread.apply(
+            self._client.xread, ({key: after},), {"count": self._count, "block": block_ms}
+        )
+        return [(str(i), fields) for _, entries in got or [] for i, fields in entries]
+
+    def close(self) -> None:
+        self._thread.apply(self._client.close)
+        self._thread.kill()
 
 
 def release(client: valkey.Valkey) -> None:
