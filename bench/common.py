@@ -285,22 +285,31 @@ def cpu_used(pids: Mapping[str, int]) -> Iterator[dict[str, float]]:
     every process, the load tool and the subscribers included) and the block's `wall_s`:
     the dict yielded is filled in on leaving it."""
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    machine = machine_cpu_seconds()
+    machine, stolen = machine_cpu_seconds(), steal_seconds()
     began = time.monotonic()
     used: dict[str, float] = {}
     yield used
     used.update({name: round(cpu_seconds(pid) - before[name], 3) for name, pid in pids.items()})
     used["machine"] = round(machine_cpu_seconds() - machine, 3)
+    used["steal"] = round(steal_seconds() - stolen, 3)
     used["wall_s"] = round(time.monotonic() - began, 3)
 
 
 def machine_cpu_seconds() -> float:
-    """CPU seconds every core of this machine spent busy (/proc/stat: all but idle and
-    iowait) since it started."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    ticks = [int(f) for f in fields]
-    busy = sum(ticks[:8]) - ticks[3] - ticks[4]  # user nice system idle iowait irq softirq steal
-    return busy / CLOCK_TICKS
+    """CPU seconds every core of this machine spent busy (/proc/stat: user, nice, system,
+    irq, softirq) since it started. Not steal: that is the hypervisor running some other
+    machine while this one waited for the core (`steal_seconds`)."""
+    user, nice, system, _idle, _iowait, irq, softirq = _cpu_ticks()[:7]
+    return (user + nice + system + irq + softirq) / CLOCK_TICKS
+
+
+def steal_seconds() -> float:
+    """CPU seconds the hypervisor gave other machines while this one's cores wanted to run."""
+    return _cpu_ticks()[7] / CLOCK_TICKS
+
+
+def _cpu_ticks() -> list[int]:
+    return [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
 
 
 def percentile(values: Sequence[float], p: float) -> float:

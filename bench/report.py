@@ -140,8 +140,11 @@ def _machine(two: dict[str, Any], one: dict[str, Any], count: str = "accepted",
     if not all(per):
         return "machine CPU not measured"
     bound = [cores / (p / 1e6) for p in per]
+    # Steal: the hypervisor ran other machines on these cores while this one waited.
+    stolen = [run["cost"].get("steal", 0) / run["cost"]["wall_s"] for run in (two, one)]
     return (f"machine CPU/{unit} {per[0]:,.0f} µs (one: {per[1]:,.0f}), so {cores} cores "
-            f"busy at {bound[0]:,.0f} {unit}/s (one: {bound[1]:,.0f})")  # fmt: skip
+            f"busy at {bound[0]:,.0f} {unit}/s (one: {bound[1]:,.0f}); cores stolen by the "
+            f"hypervisor {stolen[0]:.2f} (one: {stolen[1]:.2f})")  # fmt: skip
 
 
 def _target(met: bool) -> str:

@@ -527,7 +527,7 @@ def lanes(system: System) -> dict[str, str]:
 def lanes_off(system: System, owner: str) -> dict[str, str]:
     """Every client's lane on a replica that does not own the queue: a client whose lane
     the owner holds is unsubscribed and restarted, and subscribes anew (the owner opens a
-    new lane on the replica holding the fewest, itself counting half a lane more)."""
+    new lane on the replica holding the fewest, itself counting one lane more)."""
     for callback, holder in lanes(system).items():
         if holder != owner:
             continue
