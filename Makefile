@@ -9,15 +9,15 @@ BIN := $(VENV)/bin
 run:
 	docker compose up --build --scale client=3
 
-# Cluster mode (README): two broker replicas over one Valkey, behind HAProxy on :8000.
+# Cluster mode (README): three broker replicas over one Valkey, behind HAProxy on :8000.
 run-cluster:
 	docker compose -f docker-compose.yml -f docker-compose.cluster.yml up --build \
-		--scale broker=2 --scale client=3
+		--scale broker=3 --scale client=3
 
 # The same over replicated Valkey: a primary, two replicas, three Sentinels (README).
 run-ha:
 	docker compose -f docker-compose.yml -f docker-compose.cluster.yml \
-		-f docker-compose.ha.yml up --build --scale broker=2 --scale client=3
+		-f docker-compose.ha.yml up --build --scale broker=3 --scale client=3
 
 $(BIN)/.installed: requirements-dev.txt services/*/requirements.txt cli/pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -12,8 +12,9 @@ lane: then the dispatcher waits, as on a full local lane).
 A replica silent for a lease (killed, paused, cut off) is gone: its lanes move, each to the
 replica with the fewest, its messages still out shipped again there first, in seq order;
 outcomes of the old assignment are then ignored. The subscriber may receive those again
-(at least once), never one out of order from the owner's lanes. Lanes do not move to a
-replica that joins later: new subscribers go there."""
+(at least once), never one out of order from the owner's lanes. While one replica holds
+two lanes more than another (one joined, say), a lane moves, one at a time, without
+repeats (handover.py)."""
 
 from __future__ import annotations
 
@@ -21,13 +22,14 @@ import logging
 import uuid
 import weakref
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 import gevent
 import gevent.event
 import valkey
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
+from broker.handover import HandOver
 from broker.lane_wire import LaneWire, Op, message_op, open_op
 from broker.lanes import BaseLane, Lane
 from broker.model import Message, Subscriber
@@ -51,7 +53,7 @@ class Removal(Protocol):
 
     def unsubscribe(self, subscriber_id: str, reason: str | None = None) -> bool: ...
 
-    def replace(self, subscriber_id: str, lane: Lane) -> None: ...
+    def replace(self, subscriber_id: str, lane: BaseLane, instead_of: BaseLane) -> None: ...
 
 
 class Shipper:
@@ -134,10 +136,12 @@ class RemoteLane(BaseLane):
 
     def put(self, message: Message) -> None:
         """Ship a message; blocks while `capacity` are out."""
-        while len(self._pending) >= self._capacity and not self.closed:
+        while len(self._pending) >= self._capacity and not self.closed and not self.successor:
             self._room.clear()
             self._room.wait()
-        if self.moved is not None:
+        if self.successor is not None:
+            self.successor.put(message)
+        elif self.moved is not None:
             self.moved.put(message)
         elif self.closed:
             self._resolve(message, delivered=False)
@@ -164,6 +168,19 @@ class RemoteLane(BaseLane):
         for seq in sorted(pending):
             self._resolve(pending[seq], delivered=False)
         self._room.set()
+
+    def retire(self) -> None:
+        """Handed over, with nothing left out: its replica drops its lane."""
+        self.closed = True
+        self.shipper.add(["close", self.assignment])
+
+    def give_up(self) -> list[Message]:
+        """Its replica is gone while it hands over: what is out, in seq order, for the lane
+        taking over to deliver first."""
+        pending, self._pending = self._pending, {}
+        self.closed = True
+        self._room.set()
+        return [pending[seq] for seq in sorted(pending)]
 
     def move_to(self, lane: Lane | RemoteLane) -> None:
         """Deliver through `lane` from now on, starting with what is out, in seq order."""
@@ -197,6 +214,7 @@ class Delegation:
         self._lanes: dict[str, RemoteLane] = {}  # by assignment
         self._shippers: dict[str, Shipper] = {}  # by instance
         self._here: weakref.WeakSet[Lane] = weakref.WeakSet()
+        self._handing: HandOver | None = None
         # Outcomes from before this owner began are not its own.
         self._after = self._head()
         self._greenlets = [gevent.spawn(self._hear_forever), gevent.spawn(self._watch_forever)]
@@ -236,14 +254,15 @@ class Delegation:
             return None
         held: dict[str, int] = {}
         for lane in self._lanes.values():
-            if not lane.closed:
+            if not lane.closed and lane.successor is None:
                 held[lane.shipper.instance] = held.get(lane.shipper.instance, 0) + 1
         load = {
             (str(r["name"]), str(r["instance"])): held.get(str(r["instance"]), 0)
             for r in roster
             if r["role"] == "standby" and r.get("instance") not in (None, avoid, self._owner)
         }
-        mine = sum(1 for lane in self._here if not lane.closed) + OWNER_EXTRA
+        mine = sum(1 for lane in self._here if not lane.closed and lane.successor is None)
+        mine += OWNER_EXTRA
         best = min(load, key=load.__getitem__, default=None)
         return None if best is None or load[best] > mine else best
 
@@ -286,6 +305,47 @@ class Delegation:
             for instance, shipper in list(self._shippers.items()):
                 if instance not in here:
                     self._gone(shipper)
+            self._rebalance(roster)
+
+    def _rebalance(self, roster: list[dict[str, object]]) -> None:
+        """One lane moves (handover.py), one at a time, while a replica holds two more than
+        another (counting the owner's one more): from the one holding the most to the one
+        holding the fewest, where a new subscriber would go. So a replica that joins takes
+        its share of the lanes there are, not only of the subscribers to come."""
+        if self._handing is not None and not self._handing.done:
+            return
+        standbys = {
+            str(r["instance"])
+            for r in roster
+            if r["role"] == "standby" and r.get("instance") not in (None, self._owner)
+        }
+        if not standbys:
+            return
+        held: dict[str, list[Lane | RemoteLane]] = {instance: [] for instance in standbys}
+        for remote in self._lanes.values():
+            if not remote.closed and remote.successor is None:
+                held.get(remote.shipper.instance, []).append(remote)
+        mine: list[Lane | RemoteLane] = [
+            lane for lane in self._here if not lane.closed and lane.successor is None
+        ]
+        fewest = min(len(lanes) for lanes in held.values())
+        most, lanes = max(
+            [(len(mine) + OWNER_EXTRA, mine), *((len(lanes), lanes) for lanes in held.values())],
+            key=lambda load: load[0],
+        )
+        if most - fewest < 2:
+            return
+        lane = min(lanes, key=lambda lane: lane.backlog)
+        registry = cast(Removal, lane.removal)  # the registry: a local lane knows it so too
+        log.info("lane of %s moves from %s to even the replicas' lanes out", lane.subscriber.id,
+                 lane.holder)  # fmt: skip
+        self._handing = HandOver(
+            lane,
+            lambda: self.open_lane(lane.subscriber, registry),
+            self._capacity,
+            self._publication,
+            registry,
+        )
 
     def _gone(self, shipper: Shipper) -> None:
         log.warning("replica %s is gone: its lanes move", shipper.name)
@@ -304,10 +364,13 @@ class Delegation:
             return
         if lane.shipper.instance != avoid:
             lane.shipper.add(["close", lane.assignment])
+        if isinstance(lane.successor, HandOver):  # on its way already: the rest goes too
+            lane.successor.adopt(lane.give_up())
+            return
         moved = self.open_lane(lane.subscriber, lane.removal, avoid=avoid)
         log.info("lane of %s moves from %s to %s", lane.subscriber.id, lane.holder, moved.holder)
         lane.move_to(moved)
-        lane.removal.replace(lane.subscriber.id, moved)  # type: ignore[arg-type]
+        lane.removal.replace(lane.subscriber.id, moved, instead_of=lane)
 
     def stop(self) -> None:
         gevent.killall(self._greenlets)

@@ -42,9 +42,27 @@ class BaseLane:
         self.closed = False
         self.delivered = 0
         self.failed = 0
+        # The lane taking over (delegation.HandOver): what is put here from then on goes
+        # there, while this one delivers what it holds.
+        self.successor: BaseLane | None = None
 
     @property
     def backlog(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def busy(self) -> bool:
+        """Whether it holds a message it has not delivered (or failed) yet."""
+        raise NotImplementedError
+
+    def put(self, message: Message) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def retire(self) -> None:
+        """Handed over (handover.py) and done: it stops, holding nothing."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, object]:
@@ -82,7 +100,7 @@ class Lane(BaseLane):
     ) -> None:
         super().__init__(subscriber, publication)
         self._courier = courier
-        self._removal = removal
+        self.removal = removal
         self._queue: gevent.queue.Queue[Message] = gevent.queue.Queue(capacity)
         self._current: list[Message] = []  # the POST under way
         self._greenlet = gevent.spawn(self._run)
@@ -103,7 +121,12 @@ class Lane(BaseLane):
 
     def put(self, message: Message) -> None:
         """Hand a message to this lane; blocks while the lane is full."""
+        if self.successor is not None:
+            self.successor.put(message)
+            return
         if not self.closed:
+            # Handed over while this waits for room, it still delivers this one: the lane
+            # taking over waits until this one has delivered everything it holds.
             self._queue.put(message)
         if self.closed:
             # Closed before or while we waited for room: nobody will deliver it.
@@ -127,6 +150,9 @@ class Lane(BaseLane):
         if self._greenlet is not gevent.getcurrent():
             self._greenlet.kill(block=False)
 
+    def retire(self) -> None:
+        self.abandon()
+
     def _drain(self) -> None:
         while True:
             try:
@@ -141,7 +167,7 @@ class Lane(BaseLane):
         most, wait = self.subscriber.max_batch, self.subscriber.max_wait_ms / 1000
         if most == 1:
             return [first]
-        batch = [first]
+        batch = self._current = [first]  # busy while it waits for more
         deadline = time.monotonic() + wait
         while len(batch) < most:
             # What waits already, then what comes within max_wait_ms.
@@ -160,7 +186,7 @@ class Lane(BaseLane):
             try:
                 status = self._courier.deliver(self.subscriber, messages)
             except DeliveryFailed as exc:
-                self._removal.unsubscribe(self.subscriber.id, str(exc))
+                self.removal.unsubscribe(self.subscriber.id, str(exc))
                 return
             self._current = []
             if status >= 300:

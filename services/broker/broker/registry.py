@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from broker.lanes import Lane
+from broker.lanes import BaseLane, Lane
 from broker.model import Counters, Subscriber
 from broker.storage.base import SubscriptionStore
 
@@ -65,11 +65,12 @@ class SubscriberRegistry:
         lane.close()
         return True
 
-    def replace(self, subscriber_id: str, lane: Lane) -> None:
-        """Deliver to a subscriber through another lane from now on (delegation.py moves a
-        lane whose replica is gone); nothing if it is no longer subscribed."""
-        if subscriber_id in self._lanes:
-            self._lanes[subscriber_id] = lane
+    def replace(self, subscriber_id: str, lane: BaseLane, instead_of: BaseLane) -> None:
+        """Deliver to a subscriber through `lane` from now on instead of `instead_of`
+        (delegation.py and handover.py move lanes); nothing if that is not its lane now
+        (it is no longer subscribed, or its lane moved since)."""
+        if self._lanes.get(subscriber_id) is instead_of:
+            self._lanes[subscriber_id] = lane  # type: ignore[assignment]
 
     def find(self, callback: str) -> Subscriber | None:
         subscriber_id = self._by_callback.get(callback)

@@ -84,6 +84,48 @@ def test_the_owner_spreads_its_lanes_and_every_subscriber_gets_every_message_in_
         http.close()
 
 
+def test_a_replica_that_joins_takes_its_share_of_the_lanes_and_nothing_is_reordered(
+    valkey_server, make_sink, start_broker
+):
+    """Four subscribers, all the lone owner's, each with a delivery hanging and more waiting
+    behind it when a second replica starts: lanes move to it, one at a time, until neither
+    holds two more than the other (the owner counting one more: 2 and 2); a lane moves only
+    once it has delivered what it held, so every subscriber gets every message once, in
+    order, whichever replica sends it."""
+    http = HttpPool(concurrency=8)
+    # Attempts that outlast the hanging: a timed-out attempt's retry would be a repeat.
+    shared = {"GROKER_STORE": "valkey", "GROKER_VALKEY_URL": valkey_server.url,
+              "GROKER_LEASE_SECONDS": str(LEASE), "GROKER_DELIVERY_TIMEOUT": "60"}  # fmt: skip
+    try:
+        owner = start_broker(GROKER_REPLICA_NAME="first", **shared)
+        hang = gevent.event.Event()
+        hang.set()
+        sinks = subscribe(http, owner.url, [make_sink(hold=hang) for _ in range(4)])
+        accepted = [publish(http, owner.url, n) for n in range(5)]
+        hang.clear()  # from here on each lane's first delivery hangs, the rest wait behind
+        accepted += [publish(http, owner.url, n) for n in range(5, 15)]
+        start_broker(standby=True, GROKER_REPLICA_NAME="second", **shared)
+        gevent.sleep(LEASE)  # a lane on its way: it waits for the old one to be done
+        accepted += [publish(http, owner.url, n) for n in range(15, 25)]
+        assert set(holders(http, owner.url).values()) == {"first"}
+        hang.set()
+        wait_until(
+            lambda: sorted(holders(http, owner.url).values()) == ["first"] * 2 + ["second"] * 2,
+            timeout=LEASE * 6,
+            what="two lanes to move to the second replica",
+        )
+        accepted += [publish(http, owner.url, n) for n in range(25, 45)]
+        for sink in sinks.values():
+            wait_until(lambda s=sink: set(s.seqs) >= set(accepted), what="every message")
+            assert sink.seqs == accepted  # each once, in order, whichever replica sent it
+        stats = http.request_json("GET", f"{owner.url}/stats")[1]
+        assert stats["delivered"] == 4 * len(accepted)
+        lanes = http.request_json("GET", f"{owner.url}/dashboard/snapshot")[1]["subscribers"]
+        assert sum(lane["delivered"] for lane in lanes) == 4 * len(accepted)  # counts moved too
+    finally:
+        http.close()
+
+
 def test_the_lanes_of_a_killed_replica_move_and_every_message_still_arrives_in_order(
     valkey_server, make_sink, start_broker
 ):
