@@ -31,7 +31,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from broker.handover import HandOver
 from broker.lane_wire import LaneWire, Op, message_op, open_op
-from broker.lanes import BaseLane, Lane
+from broker.lanes import BaseLane, HoldingLane, Lane
 from broker.model import Message, Subscriber
 from broker.publication import Publication
 from broker.storage.lease import OwnerLease
@@ -102,9 +102,10 @@ class Shipper:
         self._greenlet.kill(block=False)
 
 
-class RemoteLane(BaseLane):
+class RemoteLane(HoldingLane):
     """A lane whose deliveries another replica makes: to the dispatcher, the registry and
-    the dashboard it is a lane like any other."""
+    the dashboard it is a lane like any other. It holds what it shipped until the outcome
+    is in."""
 
     def __init__(
         self,
@@ -114,48 +115,24 @@ class RemoteLane(BaseLane):
         publication: Publication,
         removal: Removal,
     ) -> None:
-        super().__init__(subscriber, publication)
+        super().__init__(subscriber, publication, capacity)
         self.assignment = f"{subscriber.id}/{uuid.uuid4().hex[:8]}"
         self.shipper = shipper
         self.holder = shipper.name
         self.removal = removal
-        self._capacity = capacity
-        self._pending: dict[int, Message] = {}  # shipped, outcome not in yet
-        self._room = gevent.event.Event()
-        self._room.set()
-        self.moved: Lane | RemoteLane | None = None
         shipper.add(open_op(self.assignment, subscriber))
 
     @property
-    def backlog(self) -> int:
-        return len(self._pending)
-
-    @property
     def busy(self) -> bool:
-        return bool(self._pending)
+        return bool(self._held)
 
-    def put(self, message: Message) -> None:
-        """Ship a message; blocks while `capacity` are out."""
-        while len(self._pending) >= self._capacity and not self.closed and not self.successor:
-            self._room.clear()
-            self._room.wait()
-        if self.successor is not None:
-            self.successor.put(message)
-        elif self.moved is not None:
-            self.moved.put(message)
-        elif self.closed:
-            self._resolve(message, delivered=False)
-        else:
-            self._pending[message.seq] = message
-            self.shipper.deliver(self.assignment, message)
+    def _took(self, message: Message) -> None:
+        self.shipper.deliver(self.assignment, message)
 
     def outcome(self, seq: int, delivered: bool) -> None:
-        message = self._pending.pop(seq, None)
-        if message is None:
-            return
-        self._resolve(message, delivered)
-        if len(self._pending) < self._capacity:
-            self._room.set()
+        message = self._done_with(seq)
+        if message is not None:
+            self._resolve(message, delivered)
 
     def close(self) -> None:
         """Stop delivering (unsubscribed, removed, or the broker stops); whatever is out
@@ -164,10 +141,8 @@ class RemoteLane(BaseLane):
             return
         self.closed = True
         self.shipper.add(["close", self.assignment])
-        pending, self._pending = self._pending, {}
-        for seq in sorted(pending):
-            self._resolve(pending[seq], delivered=False)
-        self._room.set()
+        for message in self._release():
+            self._resolve(message, delivered=False)
 
     def retire(self) -> None:
         """Handed over, with nothing left out: its replica drops its lane."""
@@ -177,19 +152,16 @@ class RemoteLane(BaseLane):
     def give_up(self) -> list[Message]:
         """Its replica is gone while it hands over: what is out, in seq order, for the lane
         taking over to deliver first."""
-        pending, self._pending = self._pending, {}
         self.closed = True
-        self._room.set()
-        return [pending[seq] for seq in sorted(pending)]
+        return self._release()
 
-    def move_to(self, lane: Lane | RemoteLane) -> None:
-        """Deliver through `lane` from now on, starting with what is out, in seq order."""
-        pending, self._pending = self._pending, {}
-        for seq in sorted(pending):
-            lane.put(pending[seq])
-        self.moved = lane
+    def move_to(self, lane: BaseLane) -> None:
+        """Deliver through `lane` from now on, starting with what is out, in seq order (a
+        new lane takes them all without waiting: nothing comes in between)."""
+        for message in self._release():
+            lane.put(message)
+        self.successor = lane
         self.closed = True
-        self._room.set()
 
 
 class Delegation:

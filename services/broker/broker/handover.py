@@ -15,9 +15,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 import gevent
-import gevent.event
 
-from broker.lanes import BaseLane
+from broker.lanes import BaseLane, HoldingLane
 from broker.model import Message
 from broker.publication import Publication
 
@@ -31,7 +30,7 @@ class Registry(Protocol):
     def replace(self, subscriber_id: str, lane: BaseLane, instead_of: BaseLane) -> None: ...
 
 
-class HandOver(BaseLane):
+class HandOver(HoldingLane):
     """Stands in the registry for the subscriber's lane while it moves: keeps what is put
     into it (at most `capacity`: then the dispatcher waits, as on a full lane) until `old`
     is done, then opens the new lane (`open_new`), passes it all on and steps aside."""
@@ -44,59 +43,42 @@ class HandOver(BaseLane):
         publication: Publication,
         registry: Registry,
     ) -> None:
-        super().__init__(old.subscriber, publication)
+        super().__init__(old.subscriber, publication, capacity)
         self.holder = old.holder
         self._old = old
         self._open_new = open_new
-        self._capacity = capacity
         self._registry = registry
-        self._kept: dict[int, Message] = {}  # by seq
         self._passing: Message | None = None
-        self._room = gevent.event.Event()
-        self._room.set()
         old.successor = self
         registry.replace(old.subscriber.id, self, instead_of=old)
         self._greenlet = gevent.spawn(self._run)
 
     @property
     def backlog(self) -> int:
-        return len(self._kept) + self._old.backlog
+        return len(self._held) + self._old.backlog
 
     @property
     def busy(self) -> bool:
-        return bool(self._kept) or self._passing is not None or self._old.busy
+        return bool(self._held) or self._passing is not None or self._old.busy
 
     @property
     def done(self) -> bool:
         return self._greenlet.dead
 
-    def put(self, message: Message) -> None:
-        while len(self._kept) >= self._capacity and not self.closed and not self.successor:
-            self._room.clear()
-            self._room.wait()
-        if self.successor is not None:
-            self.successor.put(message)
-        elif self.closed:
-            self._resolve(message, delivered=False)
-        else:
-            self._kept[message.seq] = message
-
     def adopt(self, messages: list[Message]) -> None:
         """What the old lane had out when its replica went: they come before everything
-        kept here, and go to the new lane first."""
+        held here, and go to the new lane first."""
         for message in messages:
-            self._kept[message.seq] = message
+            self._held[message.seq] = message
 
     def close(self) -> None:
-        """Unsubscribed, removed, or the broker stops: what is kept here counts as failed,
+        """Unsubscribed, removed, or the broker stops: what it holds counts as failed,
         and so does what the old lane holds."""
         if self.closed:
             return
         self.closed = True
-        self._room.set()
-        kept, self._kept = self._kept, {}
-        for seq in sorted(kept):
-            self._resolve(kept[seq], delivered=False)
+        for message in self._release():
+            self._resolve(message, delivered=False)
         self._old.close()
 
     def retire(self) -> None:
@@ -108,15 +90,14 @@ class HandOver(BaseLane):
         if self.closed:
             return
         new = self._open_new()
-        while self._kept and not self.closed:
-            self._passing = self._kept.pop(min(self._kept))
-            self._room.set()
-            new.put(self._passing)  # may wait for room; more may be kept meanwhile
+        while self._held and not self.closed:
+            self._passing = self._done_with(min(self._held))
+            new.put(self._passing)  # may wait for room; more may come meanwhile
             self._passing = None
         if self.closed:
             new.close()
             return
-        # Nothing kept, and this greenlet does not yield from here on: whatever the
+        # Nothing held, and this greenlet does not yield from here on: whatever the
         # dispatcher puts next goes to the new lane, after everything before it.
         new.delivered += self._old.delivered
         new.failed += self._old.failed + self.failed

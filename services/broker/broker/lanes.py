@@ -85,6 +85,50 @@ class BaseLane:
         self._publication.record(message, self.subscriber.id, delivered)
 
 
+class HoldingLane(BaseLane):
+    """A lane that holds each message put into it until it is done with it (its outcome is
+    in, or it passed it on), at most `capacity` at once: then a put waits, as on a full
+    lane. Once it has a successor, what is put goes there."""
+
+    def __init__(self, subscriber: Subscriber, publication: Publication, capacity: int) -> None:
+        super().__init__(subscriber, publication)
+        self._capacity = capacity
+        self._held: dict[int, Message] = {}  # by seq
+        self._room = gevent.event.Event()
+        self._room.set()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._held)
+
+    def put(self, message: Message) -> None:
+        while len(self._held) >= self._capacity and not self.closed and not self.successor:
+            self._room.clear()
+            self._room.wait()
+        if self.successor is not None:
+            self.successor.put(message)
+        elif self.closed:
+            self._resolve(message, delivered=False)
+        else:
+            self._held[message.seq] = message
+            self._took(message)
+
+    def _took(self, message: Message) -> None:
+        """What else taking a message means (a remote lane ships it)."""
+
+    def _done_with(self, seq: int) -> Message | None:
+        message = self._held.pop(seq, None)
+        if len(self._held) < self._capacity:
+            self._room.set()
+        return message
+
+    def _release(self) -> list[Message]:
+        """Everything held, in seq order, held no more."""
+        held, self._held = self._held, {}
+        self._room.set()
+        return [held[seq] for seq in sorted(held)]
+
+
 class Lane(BaseLane):
     """Delivers one subscriber's messages in the order they were put, one (or one batch) at
     a time, and reports each outcome to the publication; gives up on the subscriber (and
