@@ -386,8 +386,13 @@ def test_a_broker_that_is_down_holds_the_loop_at_the_in_flight_bound(stack):
         wait_until(lambda: state.stats.accepted >= 3, what="publishing")
     finally:
         tap.close()  # the broker unreachable, not draining: no 503 and Retry-After
-    # Connections refused, no Retry-After: only the bound holds the loop.
-    wait_until(lambda: state.publisher.in_flight == 5, what="the in-flight bound reached")
+    # Connections refused, no Retry-After: only the bound holds the loop, once every
+    # message out is one the broker will not answer (one accepted just before the cut
+    # still frees its place).
+    wait_until(
+        lambda: state.publisher.in_flight == 5 == state.stats.sent - state.stats.accepted,
+        what="the in-flight bound reached",
+    )
     sent = state.stats.sent
     gevent.sleep(0.5)  # 100 messages' time at this rate
     assert state.stats.sent == sent
