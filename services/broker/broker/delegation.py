@@ -122,10 +122,6 @@ class RemoteLane(HoldingLane):
         self.removal = removal
         shipper.add(open_op(self.assignment, subscriber))
 
-    @property
-    def busy(self) -> bool:
-        return bool(self._held)
-
     def _took(self, message: Message) -> None:
         self.shipper.deliver(self.assignment, message)
 
@@ -226,14 +222,14 @@ class Delegation:
             return None
         held: dict[str, int] = {}
         for lane in self._lanes.values():
-            if not lane.closed and lane.successor is None:
+            if lane.active:
                 held[lane.shipper.instance] = held.get(lane.shipper.instance, 0) + 1
         load = {
             (str(r["name"]), str(r["instance"])): held.get(str(r["instance"]), 0)
             for r in roster
             if r["role"] == "standby" and r.get("instance") not in (None, avoid, self._owner)
         }
-        mine = sum(1 for lane in self._here if not lane.closed and lane.successor is None)
+        mine = sum(1 for lane in self._here if lane.active)
         mine += OWNER_EXTRA
         best = min(load, key=load.__getitem__, default=None)
         return None if best is None or load[best] > mine else best
@@ -295,11 +291,9 @@ class Delegation:
             return
         held: dict[str, list[Lane | RemoteLane]] = {instance: [] for instance in standbys}
         for remote in self._lanes.values():
-            if not remote.closed and remote.successor is None:
+            if remote.active:
                 held.get(remote.shipper.instance, []).append(remote)
-        mine: list[Lane | RemoteLane] = [
-            lane for lane in self._here if not lane.closed and lane.successor is None
-        ]
+        mine: list[Lane | RemoteLane] = [lane for lane in self._here if lane.active]
         fewest = min(len(lanes) for lanes in held.values())
         most, lanes = max(
             [(len(mine) + OWNER_EXTRA, mine), *((len(lanes), lanes) for lanes in held.values())],

@@ -55,6 +55,11 @@ class BaseLane:
         """Whether it holds a message it has not delivered (or failed) yet."""
         raise NotImplementedError
 
+    @property
+    def active(self) -> bool:
+        """Whether it is the subscriber's lane still: neither closed nor handing over."""
+        return not self.closed and self.successor is None
+
     def put(self, message: Message) -> None:
         raise NotImplementedError
 
@@ -100,6 +105,10 @@ class HoldingLane(BaseLane):
     @property
     def backlog(self) -> int:
         return len(self._held)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._held)
 
     def put(self, message: Message) -> None:
         while len(self._held) >= self._capacity and not self.closed and not self.successor:
