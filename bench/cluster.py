@@ -56,7 +56,7 @@ from bench.common import (
     wait_stats,
 )
 from groker_common.http import HttpPool
-from groker_common.testing import worker_pid
+from groker_common.testing import agent_weight, worker_pid
 
 SUBSCRIBERS = 10  # the fan-out point
 RATE = 100  # sync publishes/s offered in the latency point
@@ -124,7 +124,8 @@ def store_broker(
     if store == "valkey":
         # Replicas on one host need names of their own (the roster is by name).
         env = {"GROKER_VALKEY_URL": server.url,
-               "GROKER_REPLICA_NAME": "second" if second else "first"}  # fmt: skip
+               "GROKER_REPLICA_NAME": "second" if second else "first",
+               "GROKER_AGENT_PORT": str(free_port())}  # fmt: skip
         pids["valkey"] = server.proc.pid
         if not second:
             # Nothing left of the broker before: its queue, subscriptions, lease.
@@ -133,7 +134,26 @@ def store_broker(
             # answers once one owns the queue, this one here.
             ready = "/stats"
     with broker(store, ready=ready, **env) as (url, proc):
-        yield url, {"broker": worker_pid(proc.pid), **pids}
+        if "GROKER_AGENT_PORT" in env:
+            _agents[url] = int(env["GROKER_AGENT_PORT"])
+        try:
+            yield url, {"broker": worker_pid(proc.pid), **pids}
+        finally:
+            _agents.pop(url, None)
+
+
+# Each Valkey replica's weight agent (broker/lb_agent.py), by URL.
+_agents: dict[str, int] = {}
+
+
+def shares(urls: dict[str, str], to: tuple[str, ...], total: int) -> dict[str, int]:
+    """`total` (connections, messages) split over `to` as HAProxy splits requests: by the
+    weight each replica's agent says (the owner asks for less, since it also sequences
+    what the others take)."""
+    weights = {name: agent_weight("127.0.0.1", _agents[urls[name]]) for name in to}
+    split = {name: total * w // sum(weights.values()) for name, w in weights.items()}
+    split[to[0]] += total - sum(split.values())
+    return split
 
 
 @contextlib.contextmanager
@@ -184,11 +204,11 @@ def spread_accept(
     """accept.measure over several replicas at once: the load tool's connections split
     over `to`, the queue's figures from the owner (they are the cluster's)."""
     owner = urls["owner"]
-    connections = REPLICA_CONNECTIONS // len(to)
+    connections = shares(urls, to, REPLICA_CONNECTIONS)
 
     def hammer(duration: int) -> list[dict[str, Any]]:
         runs = [gevent.spawn(load.hammer, f"{urls[name]}/messages", duration,
-                             connections=connections) for name in to]  # fmt: skip
+                             connections=connections[name]) for name in to]  # fmt: skip
         gevent.joinall(runs, raise_error=True)
         return [g.value for g in runs]
 
@@ -208,6 +228,7 @@ def spread_accept(
         "rate": accepted / duration,
         "accepted": accepted,
         "requests": sum(r["requests"] for r in results),
+        "requests_each": [r["requests"] for r in results],
         "non_2xx": sum(r["non_2xx"] for r in results),
         "socket_errors": sum(r["socket_errors"] for r in results),
         "p50_ms": [r["p50_ms"] for r in results],
@@ -224,13 +245,14 @@ def spread_fanout(
     """fanout.broker_rate with the m messages published in equal parts through `to`."""
     owner = urls["owner"]
     before = http_stats(owner)
+    each = shares(urls, to, m)
     with meter(pids, server) as used:
         began = time.monotonic()
-        each = REPLICA_CONNECTIONS // len(to)
-        runs = [gevent.spawn(load.publish_n, urls[name], m // len(to), concurrency=each)
+        connections = REPLICA_CONNECTIONS // len(to)
+        runs = [gevent.spawn(load.publish_n, urls[name], each[name], concurrency=connections)
                 for name in to]  # fmt: skip
         gevent.joinall(runs, raise_error=True)
-        sent = (m // len(to)) * len(to)
+        sent = m
         target = before["delivered"] + sent * len(callbacks)
         reached, after = wait_stats(owner, "delivered", target, timeout=300)
     return {

@@ -32,10 +32,10 @@ from typing import Any
 
 import gevent
 import valkey
-from gevent.threadpool import ThreadPool
 
 from broker.model import Item, Message, Mode
 from broker.schemas import MessageStatus
+from broker.storage.blocking import Blocking
 from broker.storage.valkey_client import StreamReader, ValkeyTarget
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class Inbox:
         self._client = target.client(SOCKET_TIMEOUT, 2.0)
         self._reader = StreamReader(target, SOCKET_TIMEOUT + 5, READ_COUNT)
         self._listener = target.client(SOCKET_TIMEOUT, 2.0)
-        self._listening = ThreadPool(1)
+        self._listening = Blocking()
         self._pubsub: Any = None  # the listening thread's subscription
 
     def put(self, entry: Entry) -> str:

@@ -16,10 +16,10 @@ from typing import Any, Generic, TypeVar
 
 import gevent
 import gevent.event
-from gevent.threadpool import ThreadPool
 
 from broker.errors import StoreError
 from broker.model import Message
+from broker.storage.blocking import Blocking
 from broker.storage.index import QueueIndex
 
 log = logging.getLogger(__name__)
@@ -37,11 +37,14 @@ class GroupCommit(Generic[Op]):
         commit: Callable[[list[Op]], None],
         index: QueueIndex,
         observe_write: Callable[[float], None] | None = None,
+        cooperative: bool = False,
     ) -> None:
         self._commit = commit
         self._index = index
         self._observe_write = observe_write
-        self._thread = ThreadPool(1)
+        # `cooperative`: `commit` only waits on sockets, so where gevent patched them it
+        # needs no thread of its own (blocking.py).
+        self._thread = Blocking(None if cooperative else False)
         self._pending: list[Op] = []
         self._pending_done = gevent.event.AsyncResult()
         # The messages the pending batch appends: its outcome decides theirs.

@@ -176,7 +176,9 @@ class ValkeyStore(ServedFromIndex):
         self._client = target.client(SOCKET_TIMEOUT, CONNECT_TIMEOUT)
         self._write = self._client.register_script(WRITE)
         self._subscriptions: list[Subscriber] = []
-        self._writer: GroupCommit[Op] = GroupCommit(self._commit, self._index, observe_write)
+        self._writer: GroupCommit[Op] = GroupCommit(
+            self._commit, self._index, observe_write, cooperative=True
+        )
         try:
             self._load()
         except Exception as exc:

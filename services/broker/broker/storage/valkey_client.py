@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import valkey
-from gevent.threadpool import ThreadPool
 from valkey.connection import SSLConnection, parse_url
 from valkey.sentinel import Sentinel
+
+from broker.storage.blocking import Blocking
 
 if TYPE_CHECKING:
     from broker.settings import BrokerSettings
@@ -64,7 +65,7 @@ class StreamReader:
 
     def __init__(self, target: ValkeyTarget, timeout: float, count: int) -> None:
         self._client = target.client(timeout, 2.0)
-        self._thread = ThreadPool(1)
+        self._thread = Blocking()
         self._count = count
 
     def read(self, key: str, after: str, block_ms: int) -> list[tuple[str, dict[str, str]]]:
