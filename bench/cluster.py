@@ -13,7 +13,9 @@ replica, against the same broker on SQLite (the single broker), in the same run:
    alone (every subscriber's lane its own), then with a second replica started and the
    subscribers subscribed anew, so that their lanes spread over both (delegation.py):
    accept with the load tool's connections split over both against all on the lone owner,
-   and fan-out to 10 subscribers with the messages published half through each; and
+   so that each replica takes half of the requests, as the cluster's load balancer gives
+   them (round robin; `rebalanced`), and fan-out to 10 subscribers with the messages
+   published half through each; and
    accept through the second replica alone, which costs the owner only the intake (the one
    subscriber's lane is the second's): its CPU per message there against a publish of its
    own is what replicas on machines of their own would take off the owner.
@@ -56,7 +58,7 @@ from bench.common import (
     wait_stats,
 )
 from groker_common.http import HttpPool
-from groker_common.testing import agent_weight, worker_pid
+from groker_common.testing import worker_pid
 
 SUBSCRIBERS = 10  # the fan-out point
 RATE = 100  # sync publishes/s offered in the latency point
@@ -124,8 +126,7 @@ def store_broker(
     if store == "valkey":
         # Replicas on one host need names of their own (the roster is by name).
         env = {"GROKER_VALKEY_URL": server.url,
-               "GROKER_REPLICA_NAME": "second" if second else "first",
-               "GROKER_AGENT_PORT": str(free_port())}  # fmt: skip
+               "GROKER_REPLICA_NAME": "second" if second else "first"}  # fmt: skip
         pids["valkey"] = server.proc.pid
         if not second:
             # Nothing left of the broker before: its queue, subscriptions, lease.
@@ -134,26 +135,35 @@ def store_broker(
             # answers once one owns the queue, this one here.
             ready = "/stats"
     with broker(store, ready=ready, **env) as (url, proc):
-        if "GROKER_AGENT_PORT" in env:
-            _agents[url] = int(env["GROKER_AGENT_PORT"])
-        try:
-            yield url, {"broker": worker_pid(proc.pid), **pids}
-        finally:
-            _agents.pop(url, None)
+        yield url, {"broker": worker_pid(proc.pid), **pids}
 
 
-# Each Valkey replica's weight agent (broker/lb_agent.py), by URL.
-_agents: dict[str, int] = {}
+def even(to: tuple[str, ...]) -> dict[str, float]:
+    """Each replica's share of the publishes: equal, as the load balancer's round robin
+    gives them (deploy/haproxy.cfg)."""
+    return dict.fromkeys(to, 1 / len(to))
 
 
-def shares(urls: dict[str, str], to: tuple[str, ...], total: int) -> dict[str, int]:
-    """`total` (connections, messages) split over `to` as HAProxy splits requests: by the
-    weight each replica's agent says (the owner asks for less, since it also sequences
-    what the others take)."""
-    weights = {name: agent_weight("127.0.0.1", _agents[urls[name]]) for name in to}
-    split = {name: total * w // sum(weights.values()) for name, w in weights.items()}
-    split[to[0]] += total - sum(split.values())
-    return split
+def split(total: int, by: dict[str, float]) -> dict[str, int]:
+    """`total` (connections, messages) in parts as near `by` as whole numbers go, at least
+    one each."""
+    parts = {name: max(1, int(total * share)) for name, share in by.items()}
+    first = next(iter(parts))
+    parts[first] += total - sum(parts.values())
+    return parts
+
+
+def rebalanced(connections: dict[str, int], requests: dict[str, int],
+               want: dict[str, float]) -> dict[str, int]:  # fmt: skip
+    """The connections that give each replica its share of the requests (`want`), as
+    HAProxy's round robin does: a load tool's connection waits for each answer, so
+    a replica that answers sooner takes more requests per connection than one that answers
+    later (the owner answers its own publishes at once, a standby once the owner has
+    sequenced them); from how many each connection took, fewer to the one that answers
+    sooner."""
+    per = {name: max(requests[name], 1) / connections[name] for name in connections}
+    need = {name: want[name] / per[name] for name in connections}
+    return split(sum(connections.values()), {n: v / sum(need.values()) for n, v in need.items()})
 
 
 @contextlib.contextmanager
@@ -190,6 +200,8 @@ def accept_points(server: ValkeyServer, callback: str, short: bool) -> dict[str,
 
 # The ways the replicas' runs send their load: all to the owner, split over both, all to
 # the second replica.
+# Warm-ups that set how the replicas' runs split their connections (`rebalanced`).
+CALIBRATIONS = 2
 # The load tool's connections in the replicas' runs, over all replicas asked: more than the
 # other points' (load.CONNECTIONS), since a publish through a replica that does not own the
 # queue waits longer for its answer (inbox.py), and each connection waits for its answer.
@@ -204,7 +216,8 @@ def spread_accept(
     """accept.measure over several replicas at once: the load tool's connections split
     over `to`, the queue's figures from the owner (they are the cluster's)."""
     owner = urls["owner"]
-    connections = shares(urls, to, REPLICA_CONNECTIONS)
+    want = even(to)
+    connections = split(REPLICA_CONNECTIONS, want)
 
     def hammer(duration: int) -> list[dict[str, Any]]:
         runs = [gevent.spawn(load.hammer, f"{urls[name]}/messages", duration,
@@ -212,7 +225,12 @@ def spread_accept(
         gevent.joinall(runs, raise_error=True)
         return [g.value for g in runs]
 
-    hammer(warmup)
+    # The warm-up twice, each time the connections set anew from what it measured.
+    for _ in range(CALIBRATIONS if len(to) > 1 else 1):
+        warmed = hammer(warmup)
+        if len(to) > 1:
+            took = {name: r["requests"] for name, r in zip(to, warmed, strict=True)}
+            connections = rebalanced(connections, took, want)
     accept.wait_drained(owner, 60)
     before = http_stats(owner)
     with meter(pids, server) as used:
@@ -228,7 +246,7 @@ def spread_accept(
         "rate": accepted / duration,
         "accepted": accepted,
         "requests": sum(r["requests"] for r in results),
-        "requests_each": [r["requests"] for r in results],
+        "requests_each": {name: r["requests"] for name, r in zip(to, results, strict=True)},
         "non_2xx": sum(r["non_2xx"] for r in results),
         "socket_errors": sum(r["socket_errors"] for r in results),
         "p50_ms": [r["p50_ms"] for r in results],
@@ -245,7 +263,7 @@ def spread_fanout(
     """fanout.broker_rate with the m messages published in equal parts through `to`."""
     owner = urls["owner"]
     before = http_stats(owner)
-    each = shares(urls, to, m)
+    each = split(m, even(to))
     with meter(pids, server) as used:
         began = time.monotonic()
         connections = REPLICA_CONNECTIONS // len(to)
@@ -259,6 +277,7 @@ def spread_fanout(
         "cost": used,
         "to": list(to),
         "messages": sent,
+        "split": each,
         "deliveries": sent * len(callbacks),
         "seconds": round(reached - began, 3),
         "rate": sent * len(callbacks) / (reached - began),

@@ -125,6 +125,11 @@ def memory_rows(r: dict[str, Any]) -> list[Row]:
              f"{ratio(per, base):.2f}", notes)]  # fmt: skip
 
 
+def _split(by_replica: dict[str, int]) -> str:
+    """{"owner": 32, "second": 64} -> "owner 32 / second 64"."""
+    return " / ".join(f"{name} {n:,}" for name, n in by_replica.items())
+
+
 def _lane_of(reps: dict[str, Any], point: str) -> str:
     """Which replica held the subscribers' lanes in a point of the replicas' runs."""
     held = reps.get("lanes", {}).get(point, [])
@@ -175,7 +180,9 @@ def cluster_rows(r: dict[str, Any]) -> list[Row]:
     reps = r["replicas"]
     one, two, via = reps["accept"]["one"], reps["accept"]["two"], reps["accept"]["second"]
     notes = (f"target >= 1.3: {_target(two['rate'] >= 1.3 * one['rate'])}; "
-             f"{two['connections']} connections to each (one: {one['connections']}); the one "
+             f"connections {_split(two['connections'])} so that requests are even, as the "
+             f"load balancer's round robin makes them: {_split(two['requests_each'])} (one: "
+             f"{one['connections']['owner']} connections); the one "
              f"subscriber's lane on {_lane_of(reps, 'accept')}; runs {two['samples']} (one "
              f"{one['samples']}); CPU s over the run: owner {two['cost']['broker']}, second "
              f"{two['cost']['second']}, valkey {two['cost']['valkey']} (one replica: "
@@ -188,8 +195,9 @@ def cluster_rows(r: dict[str, Any]) -> list[Row]:
     case = "accept, all through the 2nd replica"
     rows.append(_row("cluster", case, via["rate"], one["rate"], "msg/s", notes))
     f1, f2 = reps["fanout"]["one"], reps["fanout"]["two"]
-    notes = (f"target >= 1.3: {_target(f2['rate'] >= 1.3 * f1['rate'])}; half the messages "
-             f"published through each; lanes {_lane_of(reps, 'two')}; M={f2['messages']:,}; "
+    notes = (f"target >= 1.3: {_target(f2['rate'] >= 1.3 * f1['rate'])}; messages "
+             f"{_split(f2['split'])}; lanes {_lane_of(reps, 'two')}; "
+             f"M={f2['messages']:,}; "
              f"runs {f2['samples']} (one {f1['samples']}); "
              f"{_machine(f2, f1, 'deliveries', 'dlv')}; failed {f2['failed']}")  # fmt: skip
     case = f"fan-out N={reps['subscribers']}, 2 replicas vs 1"

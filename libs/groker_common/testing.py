@@ -73,16 +73,6 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def agent_weight(host: str, port: int, timeout: float = 2.0) -> int:
-    """What a weight agent (the broker's lb_agent.py) says, read as HAProxy's agent-check
-    reads it: one line, a percentage."""
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        text = sock.makefile("r").readline().strip()
-    if not text.endswith("%"):
-        raise ValueError(f"the agent at {host}:{port} said {text!r}, not a weight")
-    return int(text[:-1])
-
-
 def launch_broker(
     stdout: IO[bytes] | None = None,
     *,

@@ -24,7 +24,6 @@ from broker.intake import Announcer, Intake
 from broker.lane_host import LaneHost
 from broker.lane_wire import LaneWire
 from broker.lanes import Lane
-from broker.lb_agent import WeightAgent
 from broker.metrics import BrokerMetrics
 from broker.openapi import spec
 from broker.publication import Publication
@@ -180,9 +179,6 @@ def create_app(settings: BrokerSettings | None = None) -> Flask:
         name=settings.replica_name,
     )
     app.extensions["groker_replica"] = replica
-    agent = None
-    if cluster is not None and settings.agent_port:
-        agent = WeightAgent(settings.agent_port, lambda: replica.weight(settings.owner_weight))
     install_json_errors(app)
     install_access_control(app, settings)
     if cluster is not None:
@@ -206,8 +202,6 @@ def create_app(settings: BrokerSettings | None = None) -> Flask:
     app.extensions["groker_on_stop"] = replica.drain
 
     def stop() -> None:
-        if agent is not None:
-            agent.stop()
         if cluster is not None:
             cluster.stop_intake()
         replica.stop()
@@ -222,6 +216,4 @@ def create_app(settings: BrokerSettings | None = None) -> Flask:
         return response
 
     replica.start()
-    if agent is not None:
-        agent.start()
     return app

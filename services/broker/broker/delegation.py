@@ -40,13 +40,12 @@ log = logging.getLogger(__name__)
 
 BLOCK_MS = 1000
 HEAD_TRIES = 10
-# The owner's own load counts this many lanes more than it holds: it sequences and writes
-# every publish, the other replicas' too (it takes fewer publishes' requests itself: the
-# load balancer gives it GROKER_OWNER_WEIGHT percent of a standby's share, lb_agent.py).
-# Measured (bench/cluster.py, 10 subscribers on two replicas, the owner taking a third of
-# the publishes): with 5 lanes each the fan-out was 1.34-1.47 times the owner's alone, and
-# the one subscriber of the accept run goes to the other replica.
-OWNER_EXTRA = 0.5
+# The owner's own load counts this many lanes more than it holds: sequencing (and the
+# intake of the others' publishes) is about one lane's work. Measured (bench/cluster.py,
+# 10 subscribers on two replicas, publishes half through each): with 5 lanes each the
+# owner used ~20% more CPU than the other replica and held the fan-out back; with 4 and 6
+# the two are even.
+OWNER_EXTRA = 1.0
 
 
 class Removal(Protocol):

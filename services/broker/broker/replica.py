@@ -110,11 +110,6 @@ class Replica:
             return "alone"
         return "owner" if self.owning else "standby"
 
-    def weight(self, owner_weight: int) -> int:
-        """The share of requests this replica asks a load balancer for, in percent
-        (lb_agent.py): `owner_weight` while it owns the queue over a shared store."""
-        return owner_weight if self.role == "owner" else 100
-
     def roster(self) -> list[dict[str, object]]:
         """The replicas there are, each with its role: this one alone, or every one that
         shares the queue (as far as Valkey says; this one only if Valkey cannot say)."""

@@ -71,20 +71,6 @@ class BrokerSettings(GrokerSettings):
         " standby relays all but publishes to the owner); by default http://<this host's"
         " address>:<PORT>",
     )
-    agent_port: int = Field(
-        0,
-        ge=0,
-        le=65535,
-        description="with the valkey store: a TCP port where a load balancer's agent check"
-        " (HAProxy agent-check) reads this replica's weight (lb_agent.py); 0: none",
-    )
-    owner_weight: int = Field(
-        50,
-        ge=1,
-        le=100,
-        description="the owner's share of requests, in percent of a standby's, told on"
-        " agent_port: the owner also sequences the publishes every other replica takes",
-    )
     valkey_url: str = Field(
         "redis://valkey:6379/0", description="the Valkey server (with GROKER_STORE=valkey)"
     )

@@ -5,7 +5,7 @@ it is there (a lease of its own, announced as a standby's each third of a lease)
 publishes through the cluster's inbox (acceptor.py) and delivers the lanes the owner gives
 it (lane_host.py). The standby says so before the owner's broker starts, so the owner's
 lanes are spread over both from its first subscriber on (each new one to the replica with
-the fewest, the owner counting half a lane more: with three subscribers, two on the standby and
+the fewest, the owner counting one more: with three subscribers, two on the standby and
 one on the owner). Each has its own Inbox and LaneWire, so its own Valkey connections, as
 two processes would.
 

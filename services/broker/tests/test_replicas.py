@@ -25,7 +25,7 @@ from broker.replica import Replica
 from broker.storage.lease import OwnerLease
 from broker.wiring import build_broker
 from groker_common.http import HttpPool
-from groker_common.testing import agent_weight, free_port, wait_until, worker_pid
+from groker_common.testing import wait_until, worker_pid
 
 from .conftest import settings_for_tests
 
@@ -413,27 +413,3 @@ def test_a_standby_streams_the_owners_dashboard(valkey_server, start_broker):
 
 def http_client_for(url: str) -> http.client.HTTPConnection:
     return http.client.HTTPConnection(urlsplit(url).netloc, timeout=15)
-
-
-def test_each_replica_tells_the_load_balancer_its_weight_and_the_owner_asks_for_less(
-    valkey_server, start_broker
-):
-    """GROKER_AGENT_PORT, read as HAProxy's agent-check reads it: the owner asks for
-    GROKER_OWNER_WEIGHT percent (it also sequences the standbys' publishes), a standby for
-    all; when the owner stops, the standby that takes over asks for the owner's share."""
-    shared = {"GROKER_STORE": "valkey", "GROKER_VALKEY_URL": valkey_server.url,
-              "GROKER_LEASE_SECONDS": "2", "GROKER_OWNER_WEIGHT": "40"}  # fmt: skip
-    ports = free_port(), free_port()
-    owner = start_broker(GROKER_REPLICA_NAME="first", GROKER_AGENT_PORT=str(ports[0]), **shared)
-    start_broker(
-        standby=True, GROKER_REPLICA_NAME="second", GROKER_AGENT_PORT=str(ports[1]), **shared
-    )
-    assert [agent_weight("127.0.0.1", port) for port in ports] == [40, 100]
-    owner.process.send_signal(signal.SIGTERM)  # a graceful stop hands the lease over
-    owner.process.wait(timeout=30)
-    wait_until(
-        lambda: agent_weight("127.0.0.1", ports[1]) == 40, timeout=10,
-        what="the new owner to ask for the owner's share",
-    )  # fmt: skip
-    with pytest.raises(OSError):
-        agent_weight("127.0.0.1", ports[0])  # gone with its broker
