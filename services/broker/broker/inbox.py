@@ -99,10 +99,11 @@ class Inbox:
     """The inbox's keys and channel, for both ends: a standby's `put`, the owner's `read`,
     everyone's `listen`.
 
-    The two calls that wait (a blocking read, pub/sub) each run on a thread of their own,
-    with a connection made and used there only: a greenlet waiting on them then holds up
-    no other, whether or not sockets are monkey-patched (the tests' processes are not).
-    The short calls are made from the calling greenlet."""
+    The two calls that wait (a blocking read, pub/sub) each have a connection of their own,
+    made and used there only, and run where a greenlet waiting on them holds up no other
+    (blocking.py): in that greenlet where sockets are monkey-patched (a gunicorn gevent
+    worker), on a thread of their own where they are not (the tests' processes). The
+    short calls are made from the calling greenlet."""
 
     def __init__(self, target: ValkeyTarget | str, prefix: str) -> None:
         if isinstance(target, str):

@@ -1,11 +1,12 @@
 """Group commit, the write half the durable backends share.
 
-Every write goes to one writer thread (database clients block, and would stall every
-greenlet if called from the hub) in batches: whatever accumulated while the previous commit
-ran is committed together, so concurrent publishes share one round trip and one fsync. A
-waiting writer hears back only after the batch holding its operation has committed; an
-appended message is handed out only then, and a failed batch takes its messages out of the
-index again (refused means never published)."""
+Every write goes to one writer (database clients block, and would stall every greenlet if
+called from the hub: a thread of its own, or, for a client that only waits on sockets
+where gevent patched them, the flushing greenlet; blocking.py) in batches: whatever
+accumulated while the previous commit ran is committed together, so concurrent publishes
+share one round trip and one fsync. A waiting writer hears back only after the batch
+holding its operation has committed; an appended message is handed out only then, and a
+failed batch takes its messages out of the index again (refused means never published)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ so a Valkey cluster keeps them in one slot and one script may touch them all:
                                    written before a field existed get its default)
     {groker}:owner          string who may write: the fencing token (see WRITE)
 
-Writes go through `group_commit.GroupCommit` (one writer thread, since the client blocks):
+Writes go through `group_commit.GroupCommit` (one writer, since the client blocks: inline
+where gevent patched the sockets, a thread of its own otherwise, see blocking.py):
 each batch is ONE call of the WRITE script, which applies it whole; Valkey runs with
 `appendonly yes` and `appendfsync always`, so its answer means fsynced. Fencing: a store
 given an `owner_token` writes only while `{groker}:owner` holds that token; otherwise the
@@ -171,8 +172,8 @@ class ValkeyStore(ServedFromIndex):
         self._failure: str | None = None  # why the store stopped writing
         self._keys = [f"{{{prefix}}}:{name}" for name in KEYS]
         self._key = dict(zip(KEYS, self._keys, strict=True))
-        # Created here but connects lazily: every connection is made and used on the
-        # writer thread (with gevent's patched sockets, a socket belongs to its thread).
+        # Created here but connects lazily: every connection is made and used by the writer
+        # (blocking.py; with gevent's patched sockets, a socket belongs to its thread).
         self._client = target.client(SOCKET_TIMEOUT, CONNECT_TIMEOUT)
         self._write = self._client.register_script(WRITE)
         self._subscriptions: list[Subscriber] = []

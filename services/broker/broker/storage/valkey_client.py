@@ -59,9 +59,10 @@ class ValkeyTarget:
 
 
 class StreamReader:
-    """Blocking reads of Valkey streams (XREAD BLOCK) on a thread of their own, with a
-    connection made and used there only: a greenlet waiting on one holds up no other,
-    whether or not sockets are monkey-patched (the tests' processes are not)."""
+    """Blocking reads of Valkey streams (XREAD BLOCK), with a connection made and used
+    there only, run so that a greenlet waiting on one holds up no other (blocking.py):
+    inline where sockets are monkey-patched, on a thread of their own where they are not
+    (the tests' processes)."""
 
     def __init__(self, target: ValkeyTarget, timeout: float, count: int) -> None:
         self._client = target.client(timeout, 2.0)
