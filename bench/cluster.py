@@ -198,15 +198,15 @@ def accept_points(server: ValkeyServer, callback: str, short: bool) -> dict[str,
     return out
 
 
-# The ways the replicas' runs send their load: all to the owner, split over both, all to
-# the second replica.
-# Warm-ups that set how the replicas' runs split their connections (`rebalanced`).
-CALIBRATIONS = 2
 # The load tool's connections in the replicas' runs, over all replicas asked: more than the
 # other points' (load.CONNECTIONS), since a publish through a replica that does not own the
 # queue waits longer for its answer (inbox.py), and each connection waits for its answer.
 REPLICA_CONNECTIONS = int(os.environ.get("BENCH_REPLICA_CONNECTIONS", "96"))
+# The ways the replicas' runs send their load: all to the owner, split over both, all to
+# the second replica.
 SPREADS = {"one": ("owner",), "two": ("owner", "second"), "second": ("second",)}
+# Warm-ups that set how the replicas' runs split their connections (`rebalanced`).
+CALIBRATIONS = 2
 
 
 def spread_accept(
