@@ -225,12 +225,12 @@ def spread_accept(
         gevent.joinall(runs, raise_error=True)
         return [g.value for g in runs]
 
-    # The warm-up twice, each time the connections set anew from what it measured.
+    def requests(results: list[dict[str, Any]]) -> dict[str, int]:
+        return {name: r["requests"] for name, r in zip(to, results, strict=True)}
+
+    # Each warm-up sets the connections anew from what it measured (one replica: one).
     for _ in range(CALIBRATIONS if len(to) > 1 else 1):
-        warmed = hammer(warmup)
-        if len(to) > 1:
-            took = {name: r["requests"] for name, r in zip(to, warmed, strict=True)}
-            connections = rebalanced(connections, took, want)
+        connections = rebalanced(connections, requests(hammer(warmup)), want)
     accept.wait_drained(owner, 60)
     before = http_stats(owner)
     with meter(pids, server) as used:
@@ -246,7 +246,7 @@ def spread_accept(
         "rate": accepted / duration,
         "accepted": accepted,
         "requests": sum(r["requests"] for r in results),
-        "requests_each": {name: r["requests"] for name, r in zip(to, results, strict=True)},
+        "requests_each": requests(results),
         "non_2xx": sum(r["non_2xx"] for r in results),
         "socket_errors": sum(r["socket_errors"] for r in results),
         "p50_ms": [r["p50_ms"] for r in results],

@@ -1,7 +1,7 @@
 """Where blocking client calls run (storage/blocking.py): on a thread of their own in a
-process whose sockets block (this one: the tests do not monkey-patch), inline in a process
-gevent patched (a gunicorn gevent worker, here a child process patched the same way); in
-both, a greenlet waiting on one holds up no other."""
+process whose sockets block (as the tests' processes are), inline in a process gevent
+patched (a gunicorn gevent worker); in both, a greenlet waiting on one holds up no other.
+Each case is a child process, patched or not, running the same probe."""
 
 from __future__ import annotations
 
@@ -9,32 +9,28 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 
-import gevent
-
-from broker.storage.blocking import Blocking
+import pytest
 
 from .conftest import ROOT
 
 PROBE = textwrap.dedent(
     """
+    import sys
     from gevent import monkey
-    monkey.patch_all()
+    if sys.argv[1] == "patched":
+        monkey.patch_all()
     import time
     import gevent
-    from gevent.monkey import get_original
     from broker.storage.blocking import Blocking
 
-    thread_id = get_original("threading", "get_ident")  # patched, it names greenlets
-
+    thread_id = monkey.get_original("threading", "get_ident")  # patched, it names greenlets
     blocking = Blocking()
     ran_on, ticks, ticked_meanwhile = [], [], []
 
     def call():
         ran_on.append(thread_id())
-        time.sleep(0.3)  # waits as a patched socket would: cooperatively
+        time.sleep(0.3)  # patched, a cooperative wait; not, it would stall the hub
         ticked_meanwhile.append(len(ticks))
 
     def tick():
@@ -43,40 +39,22 @@ PROBE = textwrap.dedent(
             gevent.sleep(0.02)
 
     gevent.joinall([gevent.spawn(blocking.apply, call), gevent.spawn(tick)], raise_error=True)
+    blocking.kill()
     print(blocking.inline, ran_on == [thread_id()], ticked_meanwhile[0])
     """
 )
 
 
-def test_where_sockets_block_a_call_runs_on_a_thread_and_holds_up_no_greenlet():
-    blocking = Blocking()
-    assert not blocking.inline
-    ran_on: list[int] = []
-    ticks: list[int] = []
-    ticked_meanwhile: list[int] = []
-
-    def call() -> None:
-        ran_on.append(threading.get_ident())
-        time.sleep(0.3)  # not patched: it would stall the hub if run there
-        ticked_meanwhile.append(len(ticks))
-
-    def tick() -> None:
-        while len(ticks) < 5:
-            ticks.append(1)
-            gevent.sleep(0.02)
-
-    try:
-        gevent.joinall([gevent.spawn(blocking.apply, call), gevent.spawn(tick)], raise_error=True)
-    finally:
-        blocking.kill()
-    assert ran_on and ran_on[0] != threading.get_ident()
-    assert ticked_meanwhile == [5]  # every tick while the call slept
-
-
-def test_where_gevent_patched_sockets_a_call_runs_inline_and_waits_cooperatively():
+@pytest.mark.parametrize(
+    ("process", "inline"), [("patched", "True"), ("unpatched", "False")]
+)  # fmt: skip
+def test_a_call_runs_inline_only_where_sockets_are_patched_and_holds_up_no_greenlet(
+    process: str, inline: str
+):
     path = f"{ROOT / 'services/broker'}{os.pathsep}{ROOT / 'libs'}"
     done = subprocess.run(
-        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=30,
+        [sys.executable, "-c", PROBE, process], capture_output=True, text=True, timeout=30,
         env={**os.environ, "PYTHONPATH": path},
     )  # fmt: skip
-    assert done.stdout.split() == ["True", "True", "5"], done.stdout + done.stderr
+    # Inline: on this thread; else on another. Either way every tick while the call slept.
+    assert done.stdout.split() == [inline, inline, "5"], done.stdout + done.stderr

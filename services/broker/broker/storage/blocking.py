@@ -22,11 +22,12 @@ def sockets_cooperative() -> bool:
 
 
 class Blocking:
-    """Runs calls one at a time, as one thread would: inline under a lock when `inline`
-    (default: whether sockets are cooperative), else on a thread of its own."""
+    """Runs calls one at a time, as one thread would: inline under a lock when they only
+    wait on sockets (`sockets_only`) and those are cooperative, else on a thread of its
+    own."""
 
-    def __init__(self, inline: bool | None = None) -> None:
-        self.inline = sockets_cooperative() if inline is None else inline
+    def __init__(self, sockets_only: bool = True) -> None:
+        self.inline = sockets_only and sockets_cooperative()
         self._lock = gevent.lock.Semaphore()
         self._thread = None if self.inline else ThreadPool(1)
 

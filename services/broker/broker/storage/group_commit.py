@@ -30,7 +30,7 @@ T = TypeVar("T")
 
 
 class GroupCommit(Generic[Op]):
-    """Batches operations for `commit`, which runs on the writer thread and applies a whole
+    """Batches operations for `commit`, which runs on the writer and applies a whole
     batch or raises."""
 
     def __init__(
@@ -38,14 +38,14 @@ class GroupCommit(Generic[Op]):
         commit: Callable[[list[Op]], None],
         index: QueueIndex,
         observe_write: Callable[[float], None] | None = None,
-        cooperative: bool = False,
+        sockets_only: bool = False,
     ) -> None:
         self._commit = commit
         self._index = index
         self._observe_write = observe_write
-        # `cooperative`: `commit` only waits on sockets, so where gevent patched them it
+        # `sockets_only`: `commit` only waits on sockets, so where gevent patched them it
         # needs no thread of its own (blocking.py).
-        self._thread = Blocking(None if cooperative else False)
+        self._writer = Blocking(sockets_only)
         self._pending: list[Op] = []
         self._pending_done = gevent.event.AsyncResult()
         # The messages the pending batch appends: its outcome decides theirs.
@@ -56,8 +56,8 @@ class GroupCommit(Generic[Op]):
         self._flusher = gevent.spawn(self._flush_forever)
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking call (opening, reading at start) on the writer thread."""
-        return self._thread.apply(fn, args)
+        """Run a blocking call (opening, reading at start) on the writer."""
+        return self._writer.apply(fn, args)
 
     def submit(self, op: Op, wait: bool, appended: Message | None = None) -> None:
         """Queue `op` for the next batch; with `wait`, return once it has committed (raises
@@ -88,7 +88,7 @@ class GroupCommit(Generic[Op]):
             self._appended = []
             began = time.perf_counter()
             try:
-                self._thread.apply(self._commit, (ops,))
+                self._writer.apply(self._commit, (ops,))
             except Exception as exc:
                 log.error("store write of %d operations failed: %s", len(ops), exc)
                 # Here, not in the publishers' greenlets: one that is killed while it waits
@@ -115,6 +115,6 @@ class GroupCommit(Generic[Op]):
         self._flush()
         try:
             if release is not None:
-                self._thread.apply(release)
+                self._writer.apply(release)
         finally:
-            self._thread.kill()
+            self._writer.kill()

@@ -178,7 +178,7 @@ class ValkeyStore(ServedFromIndex):
         self._write = self._client.register_script(WRITE)
         self._subscriptions: list[Subscriber] = []
         self._writer: GroupCommit[Op] = GroupCommit(
-            self._commit, self._index, observe_write, cooperative=True
+            self._commit, self._index, observe_write, sockets_only=True
         )
         try:
             self._load()

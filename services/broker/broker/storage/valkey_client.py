@@ -66,20 +66,20 @@ class StreamReader:
 
     def __init__(self, target: ValkeyTarget, timeout: float, count: int) -> None:
         self._client = target.client(timeout, 2.0)
-        self._thread = Blocking()
+        self._reading = Blocking()
         self._count = count
 
     def read(self, key: str, after: str, block_ms: int) -> list[tuple[str, dict[str, str]]]:
         """Entries of `key` after `after` ("0-0": every one), waiting up to `block_ms` for
         one: (id, fields) each."""
-        got = self._thread.apply(
+        got = self._reading.apply(
             self._client.xread, ({key: after},), {"count": self._count, "block": block_ms}
         )
         return [(str(i), fields) for _, entries in got or [] for i, fields in entries]
 
     def close(self) -> None:
-        self._thread.apply(self._client.close)
-        self._thread.kill()
+        self._reading.apply(self._client.close)
+        self._reading.kill()
 
 
 def release(client: valkey.Valkey) -> None:
