@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 import uuid
 from itertools import count
+from pathlib import Path
 from typing import Any
 
 import gevent
@@ -59,15 +61,31 @@ def hammer(
     return result
 
 
+def blast(url: str, n: int, connections: int = CONNECTIONS) -> float:
+    """Publish about n async messages as fast as the broker takes them; returns seconds.
+    With wrk, n and the few sent on other connections while the n-th went out (count what
+    was taken from the broker's stats): a load tool in C leaves the brokers more of a
+    machine it shares with them than greenlets do. Without wrk, exactly n (publish_n)."""
+    if not WRK:
+        return publish_n(url, n, concurrency=connections)
+    began = time.monotonic()
+    result = _wrk(f"{url}/messages", 600, None, "", publish_body(), min(connections, n), n)
+    if result["non_2xx"]:
+        raise RuntimeError(f"{result['non_2xx']} publishes to {url} not accepted")
+    return time.monotonic() - began
+
+
 def _wrk(
-    url: str, seconds: int, token: str | None, key_prefix: str, payload: bytes, connections: int
-) -> dict[str, Any]:
+    url: str, seconds: int, token: str | None, key_prefix: str, payload: bytes, connections: int,
+    requests: int = 0,
+) -> dict[str, Any]:  # fmt: skip
     assert WRK is not None
-    with tempfile.NamedTemporaryFile(suffix=".json") as body:
-        body.write(payload)
-        body.flush()
-        env = {**os.environ, "BENCH_BODY_FILE": body.name, "BENCH_TOKEN": token or "",
-               "BENCH_KEY_PREFIX": key_prefix}  # fmt: skip
+    with tempfile.TemporaryDirectory() as scratch:
+        body, stopped = Path(scratch, "body.json"), Path(scratch, "stopped")
+        body.write_bytes(payload)
+        env = {**os.environ, "BENCH_BODY_FILE": str(body), "BENCH_TOKEN": token or "",
+               "BENCH_KEY_PREFIX": key_prefix, "BENCH_REQUESTS": str(requests),
+               "BENCH_STOPPED": str(stopped)}  # fmt: skip
         argv = [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
         argv += ["-s", str(BENCH / "wrk_post.lua"), url]
         # Polled, not waited on, so that the /stats sampler greenlet runs meanwhile (wrk's
@@ -78,6 +96,8 @@ def _wrk(
         )  # fmt: skip
         deadline = time.monotonic() + seconds + 60
         while wrk.poll() is None and time.monotonic() < deadline:
+            if stopped.exists():  # its thread is done: its summary now, not at its duration
+                wrk.send_signal(signal.SIGINT)
             gevent.sleep(0.1)
         if wrk.poll() is None:
             wrk.kill()

@@ -12,16 +12,28 @@ end
 
 -- BENCH_KEY_PREFIX set: every request carries its own Idempotency-Key (prefix, thread,
 -- count), so the broker stores a key with every message and replays none.
-local prefix = os.getenv("BENCH_KEY_PREFIX")
-if prefix and #prefix > 0 then
+-- BENCH_REQUESTS set: the thread stops once it has sent that many (a few more may be on
+-- their way by then: count what the broker took from its stats), and says so by creating
+-- BENCH_STOPPED (wrk itself runs out its duration unless interrupted: bench.load does).
+local prefix = os.getenv("BENCH_KEY_PREFIX") or ""
+local limit = tonumber(os.getenv("BENCH_REQUESTS") or "") or 0
+if #prefix > 0 or limit > 0 then
   local threads = 0
   function setup(thread)
     threads = threads + 1
     thread:set("thread_id", threads)
   end
+  local fixed = wrk.format()
   local sent = 0
   function request()
     sent = sent + 1
+    if sent == limit then
+      wrk.thread:stop()
+      assert(io.open(os.getenv("BENCH_STOPPED"), "w")):close()
+    end
+    if #prefix == 0 then
+      return fixed
+    end
     wrk.headers["Idempotency-Key"] = prefix .. "-" .. thread_id .. "-" .. sent
     return wrk.format()
   end
