@@ -25,10 +25,10 @@ from collections.abc import Callable
 from typing import Protocol, cast
 
 import gevent
-import gevent.event
 import valkey
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
+from broker.coalescing import Coalescer
 from broker.handover import HandOver
 from broker.lane_wire import LaneWire, Op, message_op, open_op
 from broker.lanes import BaseLane, HoldingLane, Lane
@@ -58,48 +58,36 @@ class Removal(Protocol):
 
 class Shipper:
     """Everything the owner gives one replica, in order: what comes while a shipment is on
-    its way goes in the next, one message's assignments on this replica in one op."""
+    its way goes in the next (coalescing.py), one message's assignments on this replica in
+    one op."""
 
     def __init__(self, wire: LaneWire, instance: str, name: str, owner: str) -> None:
         self.instance = instance
         self.name = name
         self._wire = wire
         self._owner = owner
-        self._ops: list[Op] = []
-        self._wakeup = gevent.event.Event()
-        self._greenlet = gevent.spawn(self._ship_forever)
+        self._ops: Coalescer[Op] = Coalescer(self._ship)
 
     def add(self, op: Op) -> None:
-        self._ops.append(op)
-        self._wakeup.set()
+        self._ops.add(op)
 
     def deliver(self, assignment: str, message: Message) -> None:
-        last = self._ops[-1] if self._ops else None
+        pending = self._ops.pending
+        last = pending[-1] if pending else None
         if last is not None and last[0] == "msg" and last[1] == message.seq:
             last[-1].append(assignment)  # the dispatcher puts one message into every lane
-            self._wakeup.set()
         else:
             self.add(message_op(message, assignment))
 
-    def _ship_forever(self) -> None:
-        while True:
-            self._wakeup.wait()
-            self._wakeup.clear()
-            ops, self._ops = self._ops, []
-            if not ops:
-                continue
-            try:
-                self._wire.ship(self.instance, self._owner, ops)
-            except valkey.ValkeyError as exc:
-                log.warning(
-                    "could not ship %d ops to %s, again shortly: %s", len(ops), self.name, exc
-                )
-                self._ops = ops + self._ops
-                gevent.sleep(0.2)
-                self._wakeup.set()
+    def _ship(self, ops: list[Op]) -> None:
+        try:
+            self._wire.ship(self.instance, self._owner, ops)
+        except valkey.ValkeyError as exc:
+            log.warning("could not ship %d ops to %s, again shortly: %s", len(ops), self.name, exc)
+            self._ops.again(ops, 0.2)
 
     def stop(self) -> None:
-        self._greenlet.kill(block=False)
+        self._ops.stop()
 
 
 class RemoteLane(HoldingLane):

@@ -8,10 +8,10 @@ import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
-import gevent.event
 import gevent.pool
 import valkey
 
+from broker.coalescing import Coalescer
 from broker.errors import BrokerError, KeyInUse, KeyReused
 from broker.inbox import ANSWER_MS, Entry, Inbox, outcome_of, refusal
 from broker.model import Message
@@ -48,15 +48,17 @@ class Intake:
         self._store = store
         # At most this many entries being accepted: then the reader waits.
         self._accepting = gevent.pool.Pool(ACCEPTING)
-        self._answered: list[tuple[Entry, dict[str, Any]]] = []
-        self._wakeup = gevent.event.Event()
-        self._greenlets: list[gevent.Greenlet] = []
+        self._answers: Coalescer[tuple[Entry, dict[str, Any]]] = Coalescer(self._answer)
+        self._failed = False  # taking entries out of the inbox did: no more answers
+        self._reader: gevent.Greenlet | None = None
 
     def start(self) -> None:
-        self._greenlets = [gevent.spawn(self._read_forever), gevent.spawn(self._answer_forever)]
+        self._reader = gevent.spawn(self._read_forever)
 
     def stop(self) -> None:
-        gevent.killall(self._greenlets)
+        if self._reader is not None:
+            self._reader.kill()
+        self._answers.stop()
         self._accepting.kill()
 
     def _read_forever(self) -> None:
@@ -83,31 +85,28 @@ class Intake:
             answer = refusal(type(exc).__name__)  # no detail: it would be the scoped key
         except BrokerError as exc:
             answer = refusal(type(exc).__name__, str(exc))
-        self._answered.append((entry, answer))
-        self._wakeup.set()
+        self._answers.add((entry, answer))
 
-    def _answer_forever(self) -> None:
-        while True:
-            self._wakeup.wait()
-            self._wakeup.clear()
-            answered, self._answered = self._answered, []
-            if not answered:
-                continue
-            try:
-                self._store.consume_inbox(
-                    [(entry.entry_id, self._inbox.answer_key(entry.ids[0]), json.dumps(answer),
-                      ANSWER_MS) for entry, answer in answered]
-                )  # fmt: skip
-            except BrokerError as exc:
-                # The store writes no more; this replica hands the queue over (replica.py),
-                # and the next owner takes the same entries again: each is then a replay.
-                log.error("could not take %d entries out of the inbox: %s", len(answered), exc)
-                return
-            answers = {entry.ids[0]: answer for entry, answer in answered}
-            try:
-                self._inbox.say({"answers": answers})
-            except valkey.ValkeyError as exc:
-                log.warning("could not say %d answers (they are looked up): %s", len(answers), exc)
+    def _answer(self, answered: list[tuple[Entry, dict[str, Any]]]) -> None:
+        """Take the entries out of the inbox, leaving their answers, then say them."""
+        if self._failed:
+            return
+        try:
+            self._store.consume_inbox(
+                [(entry.entry_id, self._inbox.answer_key(entry.ids[0]), json.dumps(answer),
+                  ANSWER_MS) for entry, answer in answered]
+            )  # fmt: skip
+        except BrokerError as exc:
+            # The store writes no more; this replica hands the queue over (replica.py),
+            # and the next owner takes the same entries again: each is then a replay.
+            log.error("could not take %d entries out of the inbox: %s", len(answered), exc)
+            self._failed = True
+            return
+        answers = {entry.ids[0]: answer for entry, answer in answered}
+        try:
+            self._inbox.say({"answers": answers})
+        except valkey.ValkeyError as exc:
+            log.warning("could not say %d answers (they are looked up): %s", len(answers), exc)
 
 
 class Announcer:
@@ -117,28 +116,19 @@ class Announcer:
 
     def __init__(self, inbox: Inbox) -> None:
         self._inbox = inbox
-        self._pending: list[list[Any]] = []
-        self._wakeup = gevent.event.Event()
-        self._sayer = gevent.spawn(self._say_forever)
+        self._published: Coalescer[list[Any]] = Coalescer(self._say)
 
     def __call__(self, message: Message) -> None:
         if message.mode == "sync":
-            self._pending.append(
+            self._published.add(
                 [message.seq, message.published_at, message.delivered, message.failed]
             )
-            self._wakeup.set()
 
-    def _say_forever(self) -> None:
-        while True:
-            self._wakeup.wait()
-            self._wakeup.clear()
-            published, self._pending = self._pending, []
-            if not published:
-                continue
-            try:
-                self._inbox.say({"published": published})
-            except valkey.ValkeyError as exc:
-                log.warning("could not announce %d publications: %s", len(published), exc)
+    def _say(self, published: list[list[Any]]) -> None:
+        try:
+            self._inbox.say({"published": published})
+        except valkey.ValkeyError as exc:
+            log.warning("could not announce %d publications: %s", len(published), exc)
 
     def stop(self) -> None:
-        self._sayer.kill()
+        self._published.stop()

@@ -18,9 +18,9 @@ import logging
 import time
 
 import gevent
-import gevent.event
 import valkey
 
+from broker.coalescing import Coalescer
 from broker.delivery import Courier
 from broker.lane_wire import LaneWire, Op, message_of, subscriber_of
 from broker.lanes import Lane
@@ -66,14 +66,12 @@ class LaneHost:
         self._owner: str | None = None  # whose lanes they are
         self._lapses = lease.lapses
         self._confirmed_at = 0.0
-        self._outcomes: list[Op] = []
-        self._wakeup = gevent.event.Event()
+        self._outcomes: Coalescer[Op] = Coalescer(self._report_all)
         self._greenlets: list[gevent.Greenlet] = []
 
     def start(self) -> None:
         self._greenlets = [
             gevent.spawn(self._read_forever),
-            gevent.spawn(self._report_forever),
             gevent.spawn(self._watch_forever),
         ]
 
@@ -101,8 +99,7 @@ class LaneHost:
         return True
 
     def report(self, op: Op) -> None:
-        self._outcomes.append(op)
-        self._wakeup.set()
+        self._outcomes.add(op)
 
     def drop(self, assignment: str) -> None:
         lane = self._lanes.pop(assignment, None)
@@ -183,20 +180,14 @@ class LaneHost:
         elif kind == "close":
             self.drop(op[1])
 
-    def _report_forever(self) -> None:
-        while True:
-            self._wakeup.wait()
-            self._wakeup.clear()
-            ops, self._outcomes = self._outcomes, []
-            if not ops or self._owner is None:
-                continue
-            try:
-                self._wire.report(self._owner, ops)
-            except valkey.ValkeyError as exc:
-                log.warning("could not report %d outcomes, again shortly: %s", len(ops), exc)
-                self._outcomes = ops + self._outcomes
-                gevent.sleep(0.2)
-                self._wakeup.set()
+    def _report_all(self, ops: list[Op]) -> None:
+        if self._owner is None:
+            return
+        try:
+            self._wire.report(self._owner, ops)
+        except valkey.ValkeyError as exc:
+            log.warning("could not report %d outcomes, again shortly: %s", len(ops), exc)
+            self._outcomes.again(ops, 0.2)
 
     def _watch_forever(self) -> None:
         while True:
@@ -220,10 +211,12 @@ class LaneHost:
     def stop(self) -> None:
         """This replica stops: its lanes go back to the owner, told at once."""
         gevent.killall(self._greenlets)
+        self._outcomes.stop()
         self.clear(undelivered=True)
-        if self._outcomes and self._owner is not None:
+        outcomes = self._outcomes.take()
+        if outcomes and self._owner is not None:
             try:
-                self._wire.report(self._owner, self._outcomes)
+                self._wire.report(self._owner, outcomes)
             except valkey.ValkeyError as exc:
                 log.warning("could not give the lanes back (the owner moves them): %s", exc)
         self._wire.close()

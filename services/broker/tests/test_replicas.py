@@ -15,17 +15,18 @@ from urllib.parse import urlsplit
 
 import gevent
 import pytest
+import valkey
 
 from broker.acceptor import Acceptor
 from broker.errors import NotSequenced, StoreError
 from broker.guard import CallbackGuard
-from broker.inbox import Inbox
+from broker.inbox import Entry, Inbox
 from broker.intake import Announcer, Intake
 from broker.replica import Replica
 from broker.storage.lease import OwnerLease
 from broker.wiring import build_broker
 from groker_common.http import HttpPool
-from groker_common.testing import wait_until, worker_pid
+from groker_common.testing import free_port, wait_until, worker_pid
 
 from .conftest import settings_for_tests
 
@@ -81,6 +82,40 @@ def test_a_lease_not_renewed_expires_and_another_takes_it(valkey_server):
     standby.acquire()  # waits as a standby: the owner renews no more
     assert 0.5 < time.monotonic() - began < 2.5
     assert not owner.renew()
+
+
+def test_publishes_put_at_once_share_round_trips_and_keep_their_order(valkey_server):
+    inbox = Inbox(valkey_server.url, "puts")
+    entries = [
+        Entry(ids=[f"id-{i}"], items=[(json.dumps({"n": i}), None)], mode="async",
+              callback=None, key=f"k-{i}", batch=False, accepted_at=time.time())
+        for i in range(50)
+    ]  # fmt: skip
+    try:
+        putting = [gevent.spawn(inbox.put, entry) for entry in entries]
+        gevent.joinall(putting, raise_error=True, timeout=10)
+        ids = [putter.value for putter in putting]
+        assert 1 <= inbox.put_round_trips < len(entries)
+        read = inbox.read("0-0", 0)
+        # In the inbox in the order they were put, each under the id its put returned.
+        assert [(e.entry_id, e.ids, e.key) for e in read] == [
+            (entry_id, entry.ids, entry.key) for entry_id, entry in zip(ids, entries, strict=True)
+        ]
+    finally:
+        inbox.close()
+
+
+def test_puts_that_cannot_reach_valkey_each_fail_and_later_puts_are_tried_again():
+    inbox = Inbox(f"redis://127.0.0.1:{free_port()}/0", "puts")
+    entry = Entry(ids=["id"], items=[("1", None)], mode="async", callback=None, key="k",
+                  batch=False, accepted_at=time.time())  # fmt: skip
+    try:
+        for _ in range(2):
+            putting = [gevent.spawn(inbox.put, entry) for _ in range(3)]
+            gevent.joinall(putting, timeout=10)
+            assert all(isinstance(p.exception, valkey.ConnectionError) for p in putting)
+    finally:
+        inbox.close()
 
 
 def test_a_standby_takes_over_the_queue_when_the_owner_stops(valkey_server, make_sink):
