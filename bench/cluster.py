@@ -260,9 +260,9 @@ def spread_fanout(
     urls: dict[str, str], to: tuple[str, ...], callbacks: list[str], m: int,
     pids: dict[str, int], server: ValkeyServer,
 ) -> dict[str, Any]:  # fmt: skip
-    """fanout.broker_rate with about m messages published in equal parts through `to`
-    (load.blast: wrk, the load tool of the accept runs, which leaves the replicas more of the
-    machine than greenlets publishing would), all that were taken delivered."""
+    """fanout.broker_rate with about m messages asked of `to` in equal parts (load.blast:
+    wrk, the load tool of the accept runs, which leaves the replicas more of the machine
+    than greenlets publishing would), every one taken delivered."""
     owner = urls["owner"]
     before = http_stats(owner)
     each = split(m, even(to))

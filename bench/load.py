@@ -63,9 +63,10 @@ def hammer(
 
 def blast(url: str, n: int, connections: int = CONNECTIONS) -> float:
     """Publish about n async messages as fast as the broker takes them; returns seconds.
-    With wrk, n and the few sent on other connections while the n-th went out (count what
-    was taken from the broker's stats): a load tool in C leaves the brokers more of a
-    machine it shares with them than greenlets do. Without wrk, exactly n (publish_n)."""
+    With wrk, which stops where the n-th request is made, one or a few more or fewer may
+    reach the broker (count what it took from its stats): a load tool in C leaves the
+    brokers more of a machine it shares with them than greenlets do. Without wrk, exactly
+    n (publish_n)."""
     if not WRK:
         return publish_n(url, n, concurrency=connections)
     began = time.monotonic()

@@ -180,8 +180,9 @@ def cluster_rows(r: dict[str, Any]) -> list[Row]:
     reps = r["replicas"]
     one, two, via = reps["accept"]["one"], reps["accept"]["two"], reps["accept"]["second"]
     notes = (f"target >= 1.3: {_target(two['rate'] >= 1.3 * one['rate'])}; "
-             f"connections {_split(two['connections'])} so that requests are even, as the "
-             f"load balancer's round robin makes them: {_split(two['requests_each'])} (one: "
+             f"connections {_split(two['connections'])}, set from the warm-ups to even the "
+             f"requests out as the load balancer's round robin does; they took "
+             f"{_split(two['requests_each'])} (one: "
              f"{one['connections']['owner']} connections); the one "
              f"subscriber's lane on {_lane_of(reps, 'accept')}; runs {two['samples']} (one "
              f"{one['samples']}); CPU s over the run: owner {two['cost']['broker']}, second "
@@ -196,7 +197,7 @@ def cluster_rows(r: dict[str, Any]) -> list[Row]:
     rows.append(_row("cluster", case, via["rate"], one["rate"], "msg/s", notes))
     f1, f2 = reps["fanout"]["one"], reps["fanout"]["two"]
     notes = (f"target >= 1.3: {_target(f2['rate'] >= 1.3 * f1['rate'])}; messages "
-             f"{_split(f2['split'])}; lanes {_lane_of(reps, 'two')}; "
+             f"asked of each {_split(f2['split'])}; lanes {_lane_of(reps, 'two')}; "
              f"M={f2['messages']:,}; "
              f"runs {f2['samples']} (one {f1['samples']}); "
              f"{_machine(f2, f1, 'deliveries', 'dlv')}; failed {f2['failed']}")  # fmt: skip

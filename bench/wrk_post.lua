@@ -12,9 +12,10 @@ end
 
 -- BENCH_KEY_PREFIX set: every request carries its own Idempotency-Key (prefix, thread,
 -- count), so the broker stores a key with every message and replays none.
--- BENCH_REQUESTS set: the thread stops once it has sent that many (a few more may be on
--- their way by then: count what the broker took from its stats), and says so by creating
--- BENCH_STOPPED (wrk itself runs out its duration unless interrupted: bench.load does).
+-- BENCH_REQUESTS set: the thread stops where it makes that many requests (one or a few
+-- more or fewer may reach the server: count what the broker took from its stats), and
+-- says so by creating BENCH_STOPPED (wrk itself runs out its duration unless
+-- interrupted: bench.load does).
 local prefix = os.getenv("BENCH_KEY_PREFIX") or ""
 local limit = tonumber(os.getenv("BENCH_REQUESTS") or "") or 0
 if #prefix > 0 or limit > 0 then

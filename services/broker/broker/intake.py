@@ -49,7 +49,6 @@ class Intake:
         # At most this many entries being accepted: then the reader waits.
         self._accepting = gevent.pool.Pool(ACCEPTING)
         self._answers: Coalescer[tuple[Entry, dict[str, Any]]] = Coalescer(self._answer)
-        self._failed = False  # taking entries out of the inbox did: no more answers
         self._reader: gevent.Greenlet | None = None
 
     def start(self) -> None:
@@ -89,8 +88,8 @@ class Intake:
 
     def _answer(self, answered: list[tuple[Entry, dict[str, Any]]]) -> None:
         """Take the entries out of the inbox, leaving their answers, then say them."""
-        if self._failed:
-            return
+        if not self._store.sound:
+            return  # it refuses every write since one failed: the next owner answers them
         try:
             self._store.consume_inbox(
                 [(entry.entry_id, self._inbox.answer_key(entry.ids[0]), json.dumps(answer),
@@ -100,7 +99,6 @@ class Intake:
             # The store writes no more; this replica hands the queue over (replica.py),
             # and the next owner takes the same entries again: each is then a replay.
             log.error("could not take %d entries out of the inbox: %s", len(answered), exc)
-            self._failed = True
             return
         answers = {entry.ids[0]: answer for entry, answer in answered}
         try:
